@@ -1,0 +1,32 @@
+# `make run` and `make test` work on a fresh machine with Python 3.11, make and a C compiler.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format check-deploy clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+## Start the whole system: servers (embedded unless *_URL are set), web, worker, beat, Flower.
+run: $(STAMP)
+	$(BIN)/python -m project.launcher
+
+## The whole test suite, on real servers (embedded ones for unset *_URL variables).
+test: $(STAMP)
+	$(BIN)/python -m project.devservers exec -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf .local .pytest_cache .ruff_cache

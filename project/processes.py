@@ -1,0 +1,38 @@
+"""The processes of the running system, defined once.
+
+``make run`` (project/launcher.py) starts exactly these, and ``docker-compose.yml`` runs the same
+commands (a test checks that the two agree).
+"""
+
+from tasks.topology import WORK_QUEUES
+
+PROCESS_NAMES = ("web", "worker", "beat", "flower")
+
+
+def process_commands(
+    *, bind_host: str, web_port: int, flower_port: int, state_dir: str
+) -> dict[str, list[str]]:
+    return {
+        "web": [
+            "gunicorn", "project.wsgi:application",
+            "--bind", f"{bind_host}:{web_port}",
+            "--workers", "2", "--threads", "4",
+            "--access-logfile", "-", "--graceful-timeout", "10",
+        ],
+        "worker": [
+            "celery", "-A", "project", "worker",
+            "--loglevel", "INFO",
+            "--queues", ",".join(WORK_QUEUES),
+            "--hostname", "worker@%h",
+        ],
+        "beat": [
+            "celery", "-A", "project", "beat",
+            "--loglevel", "INFO",
+            "--schedule", f"{state_dir}/celerybeat-schedule",
+        ],
+        "flower": [
+            "celery", "-A", "project", "flower",
+            "--conf=project/flowerconfig.py",
+            f"--address={bind_host}", f"--port={flower_port}",
+        ],
+    }  # fmt: skip

@@ -1,0 +1,177 @@
+"""Settings shared by every environment. Every value a user may change comes from the environment
+through one ``env`` object and is listed in the README."""
+
+from pathlib import Path
+
+import environ
+
+from tasks.topology import task_queues, task_routes
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-development-key-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "tasks",
+    "counters",
+    "orders",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- PostgreSQL: the source of truth -------------------------------------------------------------
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/app")
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"].setdefault("OPTIONS", {})
+# A hung PostgreSQL must turn into an error, not a request or a worker stuck forever.
+DATABASES["default"]["OPTIONS"]["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+DATABASES["default"]["OPTIONS"]["options"] = (
+    f"-c statement_timeout={env.int('DATABASE_STATEMENT_TIMEOUT_MS', default=30000)}"
+)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis cache: fast, may evict or restart empty at any moment --------------------------------
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": 2,
+            "SOCKET_TIMEOUT": 2,
+        },
+    }
+}
+# Sessions are ephemeral data (design: class "ephemeral"): a flushed cache logs users out.
+SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env("DJANGO_STATIC_ROOT", default=str(BASE_DIR / ".local" / "static"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+}
+
+# --- Celery (read by project/celery.py with namespace="CELERY") ----------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="redis://127.0.0.1:6380/0")
+# JSON only: a pickle payload from the broker would be remote code execution.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_EVENT_SERIALIZER = "json"
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True  # outcomes live in PostgreSQL, not in a result backend
+CELERY_TIMEZONE = TIME_ZONE
+
+# Delivery: acknowledge after the work is committed; a worker lost mid-task puts the message back.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A failure that escapes the base task's own handling is rejected, not acknowledged: RabbitMQ then
+# dead-letters it through the queue's dead-letter exchange instead of dropping it.
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = False
+# One unacknowledged message per worker process: a killed process strands at most one message and
+# long tasks do not hold back short ones. The counters apply path batches inside one task instead.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=1)
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=2)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# Delivery policy of the base task (tasks/base.py): retry budget and exponential backoff.
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)
+TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=1.0)
+TASK_RETRY_BACKOFF_MAX = env.float("TASK_RETRY_BACKOFF_MAX", default=300.0)
+# Deliveries of one message (worker processes lost while running it) before it is dead-lettered.
+TASK_MAX_DELIVERIES = env.int("TASK_MAX_DELIVERIES", default=5)
+
+# Redis broker: a message not acknowledged within this many seconds is delivered again. It must be
+# longer than any countdown the retry policy produces (TASK_RETRY_BACKOFF_MAX), or a retry waiting
+# in a worker would be delivered twice; a system check enforces it. Celery reads it in three
+# places, so it is set in all three.
+REDIS_BROKER_VISIBILITY_TIMEOUT = env.int("REDIS_BROKER_VISIBILITY_TIMEOUT", default=3600)
+CELERY_VISIBILITY_TIMEOUT = REDIS_BROKER_VISIBILITY_TIMEOUT
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": REDIS_BROKER_VISIBILITY_TIMEOUT,
+    # RabbitMQ: wait for the broker's publisher confirm, so a publish that returned is durable.
+    "confirm_publish": True,
+}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": REDIS_BROKER_VISIBILITY_TIMEOUT}
+
+CELERY_TASK_QUEUES = task_queues(max_deliveries=TASK_MAX_DELIVERIES)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_EXCHANGE = "tasks"
+CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+CELERY_TASK_DEFAULT_ROUTING_KEY = "default"
+CELERY_TASK_ROUTES = task_routes()
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+
+# Task events, so Flower shows tasks in flight.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+
+CELERY_BEAT_SCHEDULE = {
+    "beat-heartbeat": {"task": "tasks.beat_heartbeat", "schedule": 30.0},
+}
+
+# --- Credentials for the demo admin user and Flower (generated by the launcher if unset) --------
+DJANGO_ADMIN_USER = env("DJANGO_ADMIN_USER", default="admin")
+DJANGO_ADMIN_PASSWORD = env("DJANGO_ADMIN_PASSWORD", default="")
+FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")

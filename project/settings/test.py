@@ -1,0 +1,15 @@
+"""Test settings: the same real servers, faster password hashing, small retry delays."""
+
+from .base import *  # noqa: F403
+from .base import env
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Tasks that only the test suite sends to real worker subprocesses.
+CELERY_IMPORTS = ["tests.worker_tasks"]
+TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=0.2)
+TASK_RETRY_BACKOFF_MAX = env.float("TASK_RETRY_BACKOFF_MAX", default=2.0)
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=3)

@@ -1,0 +1,199 @@
+"""The one base task class: the delivery policy every task in the project follows.
+
+* **Late acknowledgement.** A message is acknowledged only after the task returned, so a worker
+  killed at any instruction before that leaves it in the broker, and it is delivered again
+  (``acks_late``, ``reject_on_worker_lost``). Tasks must therefore be idempotent.
+* **Retry budget.** Transient errors (``policy.TRANSIENT_ERRORS``: database, Redis or broker
+  unreachable) are retried through ``autoretry_for`` with exponential backoff, equal jitter and a
+  cap, at most ``TASK_MAX_RETRIES`` times.
+* **Dead-lettering.** A permanent error, an exhausted budget, or a message whose worker was lost
+  more than ``TASK_MAX_DELIVERIES`` times (a poison message that kills its process) is recorded as a
+  ``DeadLetter`` row in PostgreSQL *and* moved to the broker's dead-letter queue, then rejected.
+  RabbitMQ moves it itself (the queues' dead-letter exchange); on Redis the task publishes a copy
+  to the ``dead_letter`` list first, because kombu's Redis transport drops rejected messages.
+
+Set app-wide as the Celery ``task_cls`` in ``project/celery.py``.
+"""
+
+import logging
+import traceback
+from typing import NoReturn
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
+from django.conf import settings
+
+from .models import DeadLetter
+from .policy import TRANSIENT_ERRORS, backoff_delay, is_transient
+from .services import FailedMessage, dead_letter_publish, dead_letter_record
+
+logger = logging.getLogger(__name__)
+
+# How long the Redis broker remembers a message's delivery count: longer than any redelivery
+# cycle (visibility timeout) times the delivery limit.
+DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
+
+
+class DeliveryTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = TRANSIENT_ERRORS
+    # The countdown is computed in retry() below; Celery's own backoff has full jitter only.
+    retry_backoff = False
+
+    @property
+    def max_retries(self) -> int:  # read at call time so settings overrides apply
+        return settings.TASK_MAX_RETRIES
+
+    # --- delivery policy ------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        # Call run() directly, as Celery's docs do for a custom __call__: Task.__call__ would push
+        # a fresh request context and hide the worker's (id, retries, delivery info).
+        if self.request.called_directly:
+            return self.run(*args, **kwargs)
+        deliveries = self.delivery_count()
+        if deliveries > settings.TASK_MAX_DELIVERIES:
+            self.dead_letter(
+                reason=DeadLetter.Reason.DELIVERY_LIMIT,
+                exception=f"worker lost while running this message {deliveries - 1} times",
+                trace="",
+                deliveries=deliveries,
+            )
+        try:
+            return self.run(*args, **kwargs)
+        except (Retry, Reject, Ignore):
+            raise
+        except Exception as exc:
+            reason = (
+                DeadLetter.Reason.RETRIES_EXHAUSTED
+                if is_transient(exc)
+                else DeadLetter.Reason.PERMANENT_ERROR
+            )
+            self.dead_letter(
+                reason=reason,
+                exception=f"{type(exc).__name__}: {exc}",
+                trace=traceback.format_exc(),
+                deliveries=deliveries,
+            )
+
+    def retry(
+        self,
+        args=None,
+        kwargs=None,
+        exc=None,
+        throw=True,
+        eta=None,
+        countdown=None,
+        max_retries=None,
+        **options,
+    ):
+        if countdown is None and eta is None:
+            countdown = backoff_delay(
+                attempt=self.request.retries,
+                base=settings.TASK_RETRY_BACKOFF_BASE,
+                cap=settings.TASK_RETRY_BACKOFF_MAX,
+            )
+        logger.info(
+            "task %s[%s] retry %d in %.2fs: %r",
+            self.name,
+            self.request.id,
+            self.request.retries + 1,
+            countdown,
+            exc,
+        )
+        try:
+            return super().retry(
+                args=args,
+                kwargs=kwargs,
+                exc=exc,
+                throw=throw,
+                eta=eta,
+                countdown=countdown,
+                max_retries=max_retries,
+                **options,
+            )
+        except Reject as rejected:
+            # Celery turns a failed re-publish into Reject(requeue=False), which the Redis
+            # transport turns into a lost message. Put it back in the queue instead; the delivery
+            # limit still bounds how often that can happen.
+            raise Reject(rejected.reason, requeue=True) from rejected
+
+    def delivery_count(self) -> int:
+        """How many times this message (this id at this retry number) has been delivered."""
+        if self.broker_kind() == "amqp":
+            # Quorum queues count failed deliveries in a header, absent on the first delivery.
+            return int(self.request.get("x-delivery-count") or 0) + 1
+        key = f"celery-deliveries:{self.request.id}:{self.request.retries}"
+        try:
+            with self.app.pool.acquire(block=True) as conn:
+                client = conn.default_channel.client
+                count, _ = client.pipeline().incr(key).expire(key, DELIVERY_COUNT_TTL_S).execute()
+                return int(count)
+        except Exception:  # counting must never stop a task from running
+            logger.exception("could not count deliveries of %s", self.request.id)
+            return 1
+
+    def broker_kind(self) -> str:
+        scheme = self.app.conf.broker_url.split(":", 1)[0]
+        return "redis" if scheme.startswith("redis") else "amqp"
+
+    def dead_letter(self, *, reason: str, exception: str, trace: str, deliveries: int) -> NoReturn:
+        """Record the message as a DeadLetter row, move it to the dead-letter queue, reject it."""
+        request = self.request
+        delivery_info = request.delivery_info or {}
+        message = FailedMessage(
+            task_id=request.id,
+            task_name=self.name,
+            queue=delivery_info.get("routing_key") or "",
+            args=list(request.args or []),
+            kwargs=dict(request.kwargs or {}),
+            attempts=request.retries + 1,
+            deliveries=deliveries,
+            broker=self.broker_kind(),
+        )
+        try:
+            dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
+        except TRANSIENT_ERRORS as db_error:
+            # The dead-letter table is unreachable (the database is what failed). Dropping the
+            # row would make the failure invisible, so park the message and come back later.
+            logger.error("cannot record dead letter %s yet (%r); retry later", request.id, db_error)
+            raise self.retry(
+                countdown=settings.TASK_RETRY_BACKOFF_MAX, max_retries=request.retries + 1
+            ) from db_error
+        if message.broker == "redis":
+            self.publish_dead_letter(reason=reason, exception=exception)
+        logger.error(
+            "task %s[%s] dead-lettered (%s) after %d attempts: %s",
+            self.name,
+            request.id,
+            reason,
+            message.attempts,
+            exception,
+        )
+        raise Reject(f"{reason}: {exception}", requeue=False)
+
+    def publish_dead_letter(self, *, reason: str, exception: str) -> None:
+        request = self.request
+        task_message = self.app.amqp.as_task_v2(
+            request.id,
+            self.name,
+            args=request.args,
+            kwargs=request.kwargs,
+            retries=request.retries,
+            root_id=request.root_id,
+            parent_id=request.parent_id,
+        )
+        headers = {
+            **task_message.headers,
+            "x-dead-letter-reason": reason,
+            "x-dead-letter-exception": exception[:1000],
+            "x-original-queue": (request.delivery_info or {}).get("routing_key"),
+        }
+        with self.app.pool.acquire(block=True) as conn:
+            dead_letter_publish(
+                connection=conn,
+                body=task_message.body,
+                headers=headers,
+                properties=task_message.properties,
+            )
