@@ -18,6 +18,8 @@ def process_commands(
             "--bind", f"{bind_host}:{web_port}",
             "--workers", "2", "--threads", "4",
             "--access-logfile", "-", "--graceful-timeout", "10",
+            # The control socket has one fixed path per user; two sites on a host would collide.
+            "--no-control-socket",
         ],
         "worker": [
             "celery", "-A", "project", "worker",

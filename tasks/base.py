@@ -16,6 +16,8 @@ Set app-wide as the Celery ``task_cls`` in ``project/celery.py``.
 """
 
 import logging
+import math
+import re
 import traceback
 from typing import NoReturn
 
@@ -32,6 +34,16 @@ logger = logging.getLogger(__name__)
 # How long the Redis broker remembers a message's delivery count: longer than any redelivery
 # cycle (visibility timeout) times the delivery limit.
 DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
+
+
+# A retry routed through RabbitMQ's native delayed delivery carries its delay as 28 binary digits
+# in front of the routing key ("0.0.[...].1.0.default").
+DELAYED_ROUTING_KEY = re.compile(r"^(?:[01]\.){28}")
+
+
+def queue_of(routing_key: str) -> str:
+    """The work queue a message was routed to (routing keys equal queue names)."""
+    return DELAYED_ROUTING_KEY.sub("", routing_key)
 
 
 class DeliveryTask(Task):
@@ -94,6 +106,10 @@ class DeliveryTask(Task):
                 base=settings.TASK_RETRY_BACKOFF_BASE,
                 cap=settings.TASK_RETRY_BACKOFF_MAX,
             )
+            if self.broker_kind() == "amqp":
+                # RabbitMQ's native delayed delivery (quorum queues) counts whole seconds and
+                # truncates; round up so a retry never comes sooner than the policy says.
+                countdown = math.ceil(countdown)
         logger.info(
             "task %s[%s] retry %d in %.2fs: %r",
             self.name,
@@ -145,7 +161,7 @@ class DeliveryTask(Task):
         message = FailedMessage(
             task_id=request.id,
             task_name=self.name,
-            queue=delivery_info.get("routing_key") or "",
+            queue=queue_of(delivery_info.get("routing_key") or ""),
             args=list(request.args or []),
             kwargs=dict(request.kwargs or {}),
             attempts=request.retries + 1,
@@ -188,7 +204,7 @@ class DeliveryTask(Task):
             **task_message.headers,
             "x-dead-letter-reason": reason,
             "x-dead-letter-exception": exception[:1000],
-            "x-original-queue": (request.delivery_info or {}).get("routing_key"),
+            "x-original-queue": queue_of((request.delivery_info or {}).get("routing_key") or ""),
         }
         with self.app.pool.acquire(block=True) as conn:
             dead_letter_publish(

@@ -33,8 +33,8 @@ def backoff_delay(
     Exponential with a cap and "equal jitter": uniform in ``[d/2, d]`` with
     ``d = min(cap, base * 2**attempt)``. Jitter spreads a burst of failures (a database restart
     fails every in-flight task at once) so the retries do not all land together; keeping the lower
-    half fixed means each delay is at least as long as the previous one could have been, so the
-    delays really grow.
+    half fixed means each delay is at least as long as the previous one could have been, so below
+    the cap the delays really grow.
     """
     ceiling = min(cap, base * 2**attempt)
     return ceiling / 2 + rng() * ceiling / 2

@@ -1,0 +1,84 @@
+"""Shared fixtures. Every server is real: PostgreSQL (pytest-django's test database), the cache
+Redis, and both brokers: RabbitMQ and a Redis broker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from django_redis import get_redis_connection
+
+from project import devservers
+
+from .helpers import declare_and_purge
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    default_port = 5672 if parsed.scheme.startswith("amqp") else 6379
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or default_port), 2):
+            return True
+    except OSError:
+        return False
+
+
+def _amqp_url() -> str:
+    configured = os.environ.get("CELERY_BROKER_URL", "")
+    if configured.startswith(("amqp", "pyamqp")):
+        return configured
+    return os.environ.get("TEST_AMQP_URL", DEFAULT_AMQP_URL)
+
+
+@pytest.fixture(scope="session")
+def redis_broker_url(tmp_path_factory):
+    """The Redis broker: the configured one, else an embedded one (AOF, noeviction)."""
+    configured = os.environ.get("CELERY_BROKER_URL", "")
+    url = os.environ.get("TEST_REDIS_BROKER_URL") or (
+        configured if configured.startswith("redis") else ""
+    )
+    if url:
+        yield url
+        return
+    server = devservers.start_redis(root=tmp_path_factory.mktemp("broker"), role="broker")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["amqp", "redis"])
+def broker_url(request) -> str:
+    """Each broker-dependent test runs on every broker; with CI=true a missing one fails."""
+    url = _amqp_url() if request.param == "amqp" else request.getfixturevalue("redis_broker_url")
+    if not _reachable(url):
+        message = f"{request.param} broker not reachable at {url}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true requires both brokers)")
+        pytest.skip(message)
+    declare_and_purge(url)
+    yield url
+    declare_and_purge(url)
+
+
+@pytest.fixture
+def database_url(transactional_db) -> str:
+    """URL of pytest-django's test database, for worker subprocesses."""
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+@pytest.fixture
+def cache_redis():
+    client = get_redis_connection("default")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def worker_log_dir(tmp_path):
+    return tmp_path
