@@ -157,6 +157,13 @@ def start_postgres(*, root: Path, port: int | None = None, database: str = "app"
     sockets = root / "pg-sockets"
     log = root / "postgres.log"
     user = _postgres_user()
+    # As another user, drop root's group too: with gid 0 the kernel checks the *group* bits of
+    # root-owned folders (often 0700), not the "other" bits opened below.
+    as_user = {}
+    if user:
+        import pwd
+
+        as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
     if user:
         import pwd
 
@@ -176,14 +183,14 @@ def start_postgres(*, root: Path, port: int | None = None, database: str = "app"
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
             check=True,
-            user=user,
             stdout=subprocess.DEVNULL,
+            **as_user,
         )
     argv = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port)]
     argv += ["-h", "127.0.0.1", "-k", str(sockets), "-c", "max_connections=200"]
     with open(log, "ab") as log_file:
         process = subprocess.Popen(
-            argv, stdout=log_file, stderr=log_file, user=user, start_new_session=True
+            argv, stdout=log_file, stderr=log_file, start_new_session=True, **as_user
         )
     wait_for_port(port, process, "postgres", log)
     _create_database(port=port, database=database, process=process)

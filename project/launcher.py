@@ -78,9 +78,12 @@ def build_env(state: Path) -> dict[str, str]:
     return env
 
 
-def _pump(name: str, stream, width: int) -> None:
+def _pump(name: str, stream, width: int, ready: threading.Event, ready_text: str | None) -> None:
     for line in iter(stream.readline, b""):
-        sys.stdout.write(f"{name:<{width}} | {line.decode(errors='replace')}")
+        text = line.decode(errors="replace")
+        if ready_text and ready_text in text:
+            ready.set()
+        sys.stdout.write(f"{name:<{width}} | {text}")
         sys.stdout.flush()
 
 
@@ -95,6 +98,7 @@ class Launcher:
         self.servers = devservers.ServerSet()
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = threading.Event()
+        self.worker_ready = threading.Event()
 
     def say(self, message: str) -> None:
         print(f"launcher | {message}", flush=True)
@@ -137,17 +141,28 @@ class Launcher:
                 preexec_fn=_die_with_parent,
             )
             self.children[name] = child
-            threading.Thread(target=_pump, args=(name, child.stdout, width), daemon=True).start()
+            # The worker logs "<hostname> ready." once it consumes; the banner waits for it.
+            ready_text = " ready." if name == "worker" else None
+            threading.Thread(
+                target=_pump,
+                args=(name, child.stdout, width, self.worker_ready, ready_text),
+                daemon=True,
+            ).start()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
-        for port in (self.web_port, self.flower_port):
-            while not self._listening(port):
+        checks = [
+            (f"port {self.web_port}", lambda: self._listening(self.web_port)),
+            (f"port {self.flower_port}", lambda: self._listening(self.flower_port)),
+            ("the worker", self.worker_ready.is_set),
+        ]
+        for what, ready in checks:
+            while not ready():
                 self._check_children()
                 if self.stopping.is_set():
                     raise RuntimeError("interrupted")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f}s")
+                    raise RuntimeError(f"{what} not ready after {timeout:.0f}s")
                 time.sleep(0.2)
 
     def _listening(self, port: int) -> bool:

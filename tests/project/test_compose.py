@@ -1,0 +1,39 @@
+"""docker-compose.yml cannot be run here (no Docker engine), so check that it describes the same
+system as the launcher: the same processes, the same commands, health checks, real servers."""
+
+from pathlib import Path
+
+import yaml
+
+from project.processes import PROCESS_NAMES, process_commands
+
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+def load() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_compose_runs_the_launcher_processes_with_the_same_commands():
+    services = load()
+    expected = process_commands(
+        bind_host="0.0.0.0", web_port=8000, flower_port=5555, state_dir="/tmp"
+    )
+    for name in PROCESS_NAMES:
+        assert services[name]["command"] == expected[name], name
+
+
+def test_compose_has_the_servers_with_health_checks_and_a_scalable_worker():
+    services = load()
+    assert {"postgres", "redis", "rabbitmq", "migrate", *PROCESS_NAMES} <= set(services)
+    for name in ("postgres", "redis", "rabbitmq", "web", "worker", "flower"):
+        assert services[name]["healthcheck"]["test"], name
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # --scale needs neither
+    assert "allkeys-lru" in services["redis"]["command"]
+    for name in PROCESS_NAMES:
+        env = services[name]["environment"]
+        assert env["CELERY_BROKER_URL"].startswith("amqp://")
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert env["DJANGO_SECRET_KEY"].startswith("${DJANGO_SECRET_KEY:?")  # never a default
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${")

@@ -1,0 +1,153 @@
+"""`make run` end to end: the real launcher, real servers, real processes, and Ctrl-C."""
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from project.devservers import free_port
+
+from ..helpers import wait_for
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+URL_VARIABLES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+pytestmark = pytest.mark.slow
+
+
+def http_status(url: str, auth: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+class Launched:
+    def __init__(self, tmp_path: Path, env_overrides: dict[str, str]):
+        self.state = tmp_path / "state"
+        self.web_port, self.flower_port = free_port(), free_port()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in URL_VARIABLES and not k.startswith(("DJANGO_", "FLOWER_"))
+        }
+        env.update(
+            LOCAL_STATE_DIR=str(self.state),
+            WEB_PORT=str(self.web_port),
+            FLOWER_PORT=str(self.flower_port),
+            **env_overrides,
+        )
+        self.log = tmp_path / "launcher.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "project.launcher"],
+                cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        wait_for(
+            lambda: self.process.poll() is not None or "Ctrl-C stops everything." in self.output(),
+            timeout=90,
+            interval=0.5,
+            what="the launcher's banner",
+        )
+        assert self.process.poll() is None, self.output()
+
+    def credentials(self) -> dict[str, str]:
+        lines = (self.state / "credentials.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        return self.process.wait(60)
+
+    def kill_all(self) -> None:
+        for proc in [*self.descendants(), psutil.Process(self.process.pid)]:
+            proc.kill()
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_make_run_without_urls_starts_embedded_servers_and_ctrl_c_leaves_nothing(tmp_path):
+    launched = Launched(tmp_path, {})
+    try:
+        launched.wait_ready()
+        names = {p.name() for p in launched.descendants()}
+        assert {"postgres", "redis-server", "gunicorn", "celery"} <= names, names
+        out = launched.output()
+        for variable in URL_VARIABLES:
+            assert f"started embedded server {variable}=" in out
+
+        site = f"http://127.0.0.1:{launched.web_port}"
+        assert http_status(f"{site}/healthz") == 200
+        assert http_status(f"{site}/admin/login/") == 200
+        flower = f"http://127.0.0.1:{launched.flower_port}/"
+        creds = launched.credentials()
+        assert http_status(flower) == 401
+        assert http_status(flower, auth="flower:wrong") == 401
+        assert http_status(flower, auth=f"{creds['FLOWER_USER']}:{creds['FLOWER_PASSWORD']}") == 200
+        assert creds["DJANGO_ADMIN_PASSWORD"] in out  # printed for the user
+
+        broker = re.search(r"CELERY_BROKER_URL=(\S+)", out).group(1)
+        ping = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10"],
+            cwd=BASE_DIR, env={**os.environ, "CELERY_BROKER_URL": broker},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+
+        started = launched.descendants()
+        assert launched.interrupt() == 0
+        assert wait_for(lambda: not alive(started), timeout=30, what="every child to exit")
+        assert "stopped." in launched.output()
+    finally:
+        if launched.process.poll() is None:
+            launched.kill_all()
+
+
+def test_make_run_with_urls_set_uses_them_and_starts_no_server(tmp_path, redis_broker_url):
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    urls = {
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/"
+        + os.environ.get("DATABASE_URL", "postgres:///app").rsplit("/", 1)[1],
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": redis_broker_url,
+    }
+    launched = Launched(tmp_path, urls)
+    try:
+        launched.wait_ready()
+        out = launched.output()
+        for variable in URL_VARIABLES:
+            assert f"using {variable} from the environment; starting no server for it" in out
+        assert "started embedded server" not in out
+        names = {p.name() for p in launched.descendants()}
+        assert not names & {"postgres", "redis-server"}, names
+        assert http_status(f"http://127.0.0.1:{launched.web_port}/healthz") == 200
+        started = launched.descendants()
+        assert launched.interrupt() == 0
+        assert wait_for(lambda: not alive(started), timeout=30, what="every child to exit")
+    finally:
+        if launched.process.poll() is None:
+            launched.kill_all()
