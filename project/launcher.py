@@ -98,7 +98,7 @@ class Launcher:
         self.servers = devservers.ServerSet()
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = threading.Event()
-        self.worker_ready = threading.Event()
+        self.ready = {"worker": threading.Event(), "counters-worker": threading.Event()}
 
     def say(self, message: str) -> None:
         print(f"launcher | {message}", flush=True)
@@ -141,12 +141,11 @@ class Launcher:
                 preexec_fn=_die_with_parent,
             )
             self.children[name] = child
-            # The worker logs "<hostname> ready." once it consumes; the banner waits for it.
-            ready_text = " ready." if name == "worker" else None
+            # A worker logs "<hostname> ready." once it consumes; the banner waits for it.
+            ready = self.ready.get(name, threading.Event())
+            ready_text = " ready." if name in self.ready else None
             threading.Thread(
-                target=_pump,
-                args=(name, child.stdout, width, self.worker_ready, ready_text),
-                daemon=True,
+                target=_pump, args=(name, child.stdout, width, ready, ready_text), daemon=True
             ).start()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -154,7 +153,7 @@ class Launcher:
         checks = [
             (f"port {self.web_port}", lambda: self._listening(self.web_port)),
             (f"port {self.flower_port}", lambda: self._listening(self.flower_port)),
-            ("the worker", self.worker_ready.is_set),
+            *((name, event.is_set) for name, event in self.ready.items()),
         ]
         for what, ready in checks:
             while not ready():

@@ -6,7 +6,10 @@ commands (a test checks that the two agree).
 
 from tasks.topology import WORK_QUEUES
 
-PROCESS_NAMES = ("web", "worker", "beat", "flower")
+PROCESS_NAMES = ("web", "worker", "counters-worker", "beat", "flower")
+# The counters worker prefetches a whole batch per process: celery-batches can only gather what
+# the broker has handed over. Same number as the default COUNTER_BATCH_SIZE.
+COUNTERS_PREFETCH_MULTIPLIER = 500
 
 
 def process_commands(
@@ -24,8 +27,17 @@ def process_commands(
         "worker": [
             "celery", "-A", "project", "worker",
             "--loglevel", "INFO",
-            "--queues", ",".join(WORK_QUEUES),
+            "--queues", ",".join(q for q in WORK_QUEUES if q != "counters"),
             "--hostname", "worker@%h",
+        ],
+        # Counters get their own worker (and queue): a burst of deltas never waits behind orders,
+        # and batching needs a large prefetch that would be wrong for single tasks.
+        "counters-worker": [
+            "celery", "-A", "project", "worker",
+            "--loglevel", "INFO",
+            "--queues", "counters",
+            "--prefetch-multiplier", str(COUNTERS_PREFETCH_MULTIPLIER),
+            "--hostname", "counters@%h",
         ],
         "beat": [
             "celery", "-A", "project", "beat",

@@ -1,6 +1,28 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from .models import DeadLetter
+from .services import DeadLetterError, dead_letter_discard, dead_letter_replay
+
+
+def _each(modeladmin, request, queryset, operation, verb: str) -> None:
+    done = 0
+    for letter in queryset.order_by("pk"):
+        try:
+            operation(dead_letter_id=letter.pk)
+            done += 1
+        except DeadLetterError as exc:
+            modeladmin.message_user(request, str(exc), messages.WARNING)
+    modeladmin.message_user(request, f"{verb} {done} dead letter(s).", messages.SUCCESS)
+
+
+@admin.action(description="Replay the selected dead letters (publish them again)")
+def replay(modeladmin, request, queryset):
+    _each(modeladmin, request, queryset, dead_letter_replay, "Replayed")
+
+
+@admin.action(description="Discard the selected dead letters")
+def discard(modeladmin, request, queryset):
+    _each(modeladmin, request, queryset, dead_letter_discard, "Discarded")
 
 
 @admin.register(DeadLetter)
@@ -10,6 +32,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     list_filter = ["reason", "status", "broker", "task_name"]
     search_fields = ["task_id", "task_name", "exception"]
     date_hierarchy = "last_failed_at"
+    actions = [replay, discard]
 
     def get_readonly_fields(self, request, obj=None):
         # The record of a failure is evidence: nobody edits it by hand.

@@ -27,18 +27,38 @@ from django.conf import settings
 
 from .models import DeadLetter
 from .policy import TRANSIENT_ERRORS, backoff_delay, is_transient
-from .services import FailedMessage, dead_letter_publish, dead_letter_record
+from .services import (
+    FailedMessage,
+    dead_letter_publish_task,
+    dead_letter_record,
+    redis_delivery_counts,
+)
 
 logger = logging.getLogger(__name__)
-
-# How long the Redis broker remembers a message's delivery count: longer than any redelivery
-# cycle (visibility timeout) times the delivery limit.
-DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
 
 
 # A retry routed through RabbitMQ's native delayed delivery carries its delay as 28 binary digits
 # in front of the routing key ("0.0.[...].1.0.default").
 DELAYED_ROUTING_KEY = re.compile(r"^(?:[01]\.){28}")
+
+
+def broker_kind(app) -> str:
+    scheme = app.conf.broker_url.split(":", 1)[0]
+    return "redis" if scheme.startswith("redis") else "amqp"
+
+
+def retry_countdown(*, app, attempt: int) -> float:
+    """Seconds before retry number ``attempt + 1``, by the policy in settings."""
+    countdown = backoff_delay(
+        attempt=attempt,
+        base=settings.TASK_RETRY_BACKOFF_BASE,
+        cap=settings.TASK_RETRY_BACKOFF_MAX,
+    )
+    if broker_kind(app) == "amqp":
+        # RabbitMQ's native delayed delivery (quorum queues) counts whole seconds and truncates;
+        # round up so a retry never comes sooner than the policy says.
+        countdown = math.ceil(countdown)
+    return countdown
 
 
 def queue_of(routing_key: str) -> str:
@@ -101,15 +121,7 @@ class DeliveryTask(Task):
         **options,
     ):
         if countdown is None and eta is None:
-            countdown = backoff_delay(
-                attempt=self.request.retries,
-                base=settings.TASK_RETRY_BACKOFF_BASE,
-                cap=settings.TASK_RETRY_BACKOFF_MAX,
-            )
-            if self.broker_kind() == "amqp":
-                # RabbitMQ's native delayed delivery (quorum queues) counts whole seconds and
-                # truncates; round up so a retry never comes sooner than the policy says.
-                countdown = math.ceil(countdown)
+            countdown = retry_countdown(app=self.app, attempt=self.request.retries)
         logger.info(
             "task %s[%s] retry %d in %.2fs: %r",
             self.name,
@@ -140,19 +152,17 @@ class DeliveryTask(Task):
         if self.broker_kind() == "amqp":
             # Quorum queues count failed deliveries in a header, absent on the first delivery.
             return int(self.request.get("x-delivery-count") or 0) + 1
-        key = f"celery-deliveries:{self.request.id}:{self.request.retries}"
         try:
-            with self.app.pool.acquire(block=True) as conn:
-                client = conn.default_channel.client
-                count, _ = client.pipeline().incr(key).expire(key, DELIVERY_COUNT_TTL_S).execute()
-                return int(count)
+            [count] = redis_delivery_counts(
+                app=self.app, messages=[(self.request.id, self.request.retries)]
+            )
+            return count
         except Exception:  # counting must never stop a task from running
             logger.exception("could not count deliveries of %s", self.request.id)
             return 1
 
     def broker_kind(self) -> str:
-        scheme = self.app.conf.broker_url.split(":", 1)[0]
-        return "redis" if scheme.startswith("redis") else "amqp"
+        return broker_kind(self.app)
 
     def dead_letter(self, *, reason: str, exception: str, trace: str, deliveries: int) -> NoReturn:
         """Record the message as a DeadLetter row, move it to the dead-letter queue, reject it."""
@@ -191,25 +201,9 @@ class DeliveryTask(Task):
 
     def publish_dead_letter(self, *, reason: str, exception: str) -> None:
         request = self.request
-        task_message = self.app.amqp.as_task_v2(
-            request.id,
-            self.name,
-            args=request.args,
-            kwargs=request.kwargs,
-            retries=request.retries,
-            root_id=request.root_id,
-            parent_id=request.parent_id,
-        )
-        headers = {
-            **task_message.headers,
-            "x-dead-letter-reason": reason,
-            "x-dead-letter-exception": exception[:1000],
-            "x-original-queue": queue_of((request.delivery_info or {}).get("routing_key") or ""),
-        }
-        with self.app.pool.acquire(block=True) as conn:
-            dead_letter_publish(
-                connection=conn,
-                body=task_message.body,
-                headers=headers,
-                properties=task_message.properties,
-            )
+        dead_letter_publish_task(
+            app=self.app, task_id=request.id, task_name=self.name, args=list(request.args or []),
+            kwargs=dict(request.kwargs or {}), retries=request.retries,
+            queue=queue_of((request.delivery_info or {}).get("routing_key") or ""),
+            reason=reason, exception=exception,
+        )  # fmt: skip

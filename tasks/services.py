@@ -11,6 +11,10 @@ from kombu import Connection
 from .models import DeadLetter
 from .topology import dead_letter_queue
 
+# How long the Redis broker remembers a message's delivery count: longer than any redelivery
+# cycle (visibility timeout) times the delivery limit.
+DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
+
 
 @dataclass(frozen=True)
 class FailedMessage:
@@ -88,3 +92,83 @@ def dead_letter_publish(
             retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
             **properties,
         )
+
+
+def dead_letter_publish_task(
+    *, app, task_id: str, task_name: str, args: list, kwargs: dict, retries: int,
+    queue: str, reason: str, exception: str,
+) -> None:  # fmt: skip
+    """Publish a complete Celery message for this task to the dead-letter queue (Redis broker)."""
+    task_message = app.amqp.as_task_v2(
+        task_id, task_name, args=args, kwargs=kwargs, retries=retries
+    )
+    headers = {
+        **task_message.headers,
+        "x-dead-letter-reason": reason,
+        "x-dead-letter-exception": exception[:1000],
+        "x-original-queue": queue,
+    }
+    with app.pool.acquire(block=True) as conn:
+        dead_letter_publish(
+            connection=conn,
+            body=task_message.body,
+            headers=headers,
+            properties=task_message.properties,
+        )
+
+
+def redis_delivery_counts(*, app, messages: list[tuple[str, int]]) -> list[int]:
+    """Count one more delivery of each (message id, retry number) in the broker Redis.
+
+    kombu's Redis transport only flags a redelivery, it does not count them; the count lives in
+    the broker Redis (AOF, noeviction) next to the messages, so it survives the worker it counts.
+    """
+    with app.pool.acquire(block=True) as conn:
+        pipe = conn.default_channel.client.pipeline()
+        for message_id, retries in messages:
+            key = f"celery-deliveries:{message_id}:{retries}"
+            pipe.incr(key).expire(key, DELIVERY_COUNT_TTL_S)
+        return [int(count) for count in pipe.execute()[::2]]
+
+
+class DeadLetterError(Exception):
+    """A dead-letter operation that cannot be done (unknown id, already replayed)."""
+
+
+def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
+    """Publish the dead letter's task again (same id, same arguments) to its original queue.
+
+    Replaying is safe to repeat for tasks that are idempotent (counter deltas are: the ledger
+    applies a delta id at most once); a letter already replayed is refused all the same, so a
+    double click does not publish twice.
+    """
+    from project.celery import app
+
+    with transaction.atomic():
+        letter = DeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
+        if letter is None:
+            raise DeadLetterError(f"no dead letter with id {dead_letter_id}")
+        if letter.status != DeadLetter.Status.DEAD:
+            raise DeadLetterError(f"dead letter {dead_letter_id} is already {letter.status}")
+        app.send_task(
+            letter.task_name,
+            args=letter.args,
+            kwargs=letter.kwargs,
+            task_id=letter.task_id,
+            queue=letter.queue or "default",
+        )
+        letter.status = DeadLetter.Status.REPLAYED
+        letter.save(update_fields=["status"])
+    return letter
+
+
+def dead_letter_discard(*, dead_letter_id: int) -> DeadLetter:
+    with transaction.atomic():
+        letter = DeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
+        if letter is None:
+            raise DeadLetterError(f"no dead letter with id {dead_letter_id}")
+        if letter.status != DeadLetter.Status.DEAD:
+            raise DeadLetterError(f"dead letter {dead_letter_id} is already {letter.status}")
+        letter.status = DeadLetter.Status.DISCARDED
+        letter.save(update_fields=["status"])
+    return letter

@@ -72,18 +72,21 @@ def celery_worker(
     queues: str = ",".join(WORK_QUEUES),
     concurrency: int = 1,
     env: dict[str, str] | None = None,
+    extra_args: list[str] = (),
+    redis_url: str | None = None,
 ) -> Iterator[Worker]:
     """A real ``celery worker`` subprocess (prefork pool) on the given broker and test database."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
     log = log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
     argv = [sys.executable, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO"]
     argv += ["--queues", queues, "--concurrency", str(concurrency), "--hostname", hostname]
-    argv += ["--pool", "prefork", "--without-gossip", "--without-mingle"]
+    argv += ["--pool", "prefork", "--without-gossip", "--without-mingle", *extra_args]
     child_env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings.test",
         "CELERY_BROKER_URL": broker_url,
         "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url or os.environ.get("REDIS_URL", ""),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
@@ -171,3 +174,37 @@ def read_queue(broker_url: str, queue_name: str) -> list:
             message.ack()
             messages.append(message)
     return messages
+
+
+def counters_worker(**kwargs):
+    """A worker for the counters queue, prefetching whole batches like the real one."""
+    return celery_worker(
+        queues="counters", concurrency=kwargs.pop("concurrency", 2),
+        extra_args=["--prefetch-multiplier", "100"], **kwargs,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def publishing_to(broker_url: str):
+    """Make this process's Celery app publish to ``broker_url`` (the app caches its pools)."""
+    from project.celery import app
+
+    def reset():
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    # Celery's conf.broker_url prefers the CELERY_BROKER_URL environment variable to the setting.
+    previous = os.environ.get("CELERY_BROKER_URL")
+    os.environ["CELERY_BROKER_URL"] = broker_url
+    reset()
+    try:
+        assert app.conf.broker_url == broker_url
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous
+        reset()

@@ -175,3 +175,35 @@ CELERY_BEAT_SCHEDULE = {
 DJANGO_ADMIN_USER = env("DJANGO_ADMIN_USER", default="admin")
 DJANGO_ADMIN_PASSWORD = env("DJANGO_ADMIN_PASSWORD", default="")
 FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")
+
+# --- Counters (counters/) ------------------------------------------------------------------------
+# Every counter namespace and its data class, in one place (design: "declared in settings").
+#   durable:   write-behind; never lost once an increment returned success.
+#   ephemeral: Redis only; lossy by design (active readers).
+COUNTER_NAMESPACES = {
+    "article_views": "durable",
+    "article_likes": "durable",
+    "orders_placed": "durable",
+    "product_units_sold": "durable",
+    "active_readers": "ephemeral",
+}
+# Largest |amount| of one increment: a bound that keeps a typo (or an attack) from moving a counter
+# by billions, far above any real "likes +1" or "units sold +n".
+COUNTER_MAX_AMOUNT = env.int("COUNTER_MAX_AMOUNT", default=1_000_000)
+# The apply worker flushes a batch at this many deltas or after this long, whichever comes first.
+COUNTER_BATCH_SIZE = env.int("COUNTER_BATCH_SIZE", default=500)
+COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)
+# Applied delta ids are kept this long to recognise a redelivered delta; must outlast the longest
+# redelivery window (the Redis broker's visibility timeout; a system check enforces it).
+COUNTER_LEDGER_RETENTION_S = env.int("COUNTER_LEDGER_RETENTION_S", default=7 * 24 * 3600)
+# RabbitMQ management API, used to count unacknowledged messages (drain, operations page).
+RABBITMQ_MANAGEMENT_URL = env(
+    "RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672"
+)
+# Fault injection points of the apply path, for the fault tests only (see counters/faults.py).
+COUNTER_FAULTS: dict[str, list[str]] = {}
+
+CELERY_BEAT_SCHEDULE["counters-prune-ledger"] = {
+    "task": "counters.prune_ledger",
+    "schedule": 3600.0,
+}

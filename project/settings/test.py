@@ -13,3 +13,11 @@ CELERY_IMPORTS = ["tests.worker_tasks"]
 TASK_RETRY_BACKOFF_BASE = env.float("TASK_RETRY_BACKOFF_BASE", default=0.2)
 TASK_RETRY_BACKOFF_MAX = env.float("TASK_RETRY_BACKOFF_MAX", default=2.0)
 TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=3)
+# "point=key,key;point=key": e.g. "raise=article_views:poison" (see counters/faults.py).
+COUNTER_FAULTS = {
+    point: keys.split(",")
+    for point, _, keys in (
+        item.partition("=") for item in env("COUNTER_FAULTS", default="").split(";") if item
+    )
+}
+COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=50)

@@ -2,6 +2,17 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from counters.models import Article
+
+DEMO_ARTICLES = [
+    ("redis-is-not-the-truth", "Redis is not the truth",
+     "Count fast in Redis, carry every delta through a durable queue, trust PostgreSQL."),
+    ("exactly-once-by-ledger", "Exactly once, by ledger",
+     "A delta id goes into the ledger in the same transaction that adds its amount."),
+    ("dead-letters-are-visible", "Dead letters are visible",
+     "A delta that cannot be applied ends in the dead-letter queue and table, replayable."),
+]  # fmt: skip
+
 
 class Command(BaseCommand):
     help = "Create the demo data and the admin user (idempotent; run by `make run`)."
@@ -18,3 +29,6 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         self.stdout.write(f"admin user {username!r} {'created' if created else 'updated'}")
+        for slug, title, body in DEMO_ARTICLES:
+            Article.objects.get_or_create(slug=slug, defaults={"title": title, "body": body})
+        self.stdout.write(f"{len(DEMO_ARTICLES)} demo articles")

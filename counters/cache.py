@@ -1,0 +1,148 @@
+"""The counters' Redis side: one hash per durable counter, changed only by Lua scripts.
+
+``cnt:<key>`` holds ``durable`` and ``version`` (the PostgreSQL row as last seen), ``pending``
+(the sum of the deltas acknowledged to callers and not yet applied, as far as this hash knows) and,
+per such delta, a field ``d:<delta id>`` with its amount. A read is ``durable + pending``.
+
+Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) when it cannot be:
+
+* The web process publishes a delta (broker confirm) **before** it records ``d:<id>`` here. If the
+  publish fails nothing is recorded, so nothing is left counted. If the process dies between the
+  two, the delta is in the queue but not here: reads are low (never below ``durable``) until the
+  worker applies it and ``durable`` catches up.
+* After its transaction commits, the worker runs ``apply``: each applied delta's ``d:`` field moves
+  into ``durable`` atomically, so the sum does not change. A delta the web process has not recorded
+  yet gets a tombstone ``a:<id>`` instead, and the late ``bump`` then records nothing: no double
+  count. ``reconcile`` removes tombstones whose bump never came (a web process killed in between).
+* ``version`` orders updates: ``durable`` moves only to the next version. If versions were skipped
+  (another worker's ``apply`` still to come, or lost with a crash or a cache outage), the hash is
+  dropped and the next read refills it from PostgreSQL: exact ``durable``, pending unknown.
+* A fill (cache miss) never overwrites a hash that a newer ``apply`` created: a reader that read
+  an old row while a batch committed cannot put the old value back (the stale-set race).
+* Eviction or FLUSHALL loses the pending index with the hash; reads fall back to ``durable`` plus
+  what is recorded afterwards, low but within bounds, and exact again once the queue drains.
+"""
+
+from dataclasses import dataclass
+
+from django_redis import get_redis_connection
+
+PREFIX = "cnt:"
+EPHEMERAL_PREFIX = "eph:"
+
+# KEYS[1] hash; ARGV delta id, amount, now. Returns durable + pending, or false if the hash is
+# missing (the caller fills it from PostgreSQL and calls again).
+BUMP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1]) == 0 then
+  if redis.call('HSETNX', KEYS[1], 'd:' .. ARGV[1], ARGV[2]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'pending', ARGV[2])
+  end
+end
+local v = redis.call('HMGET', KEYS[1], 'durable', 'pending')
+return tonumber(v[1]) + tonumber(v[2])
+"""
+
+# KEYS[1] hash; ARGV durable, version. Creates the hash unless one of this or a newer version
+# exists. Returns durable + pending.
+FILL = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+if current < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'durable', ARGV[1], 'version', ARGV[2], 'pending', 0)
+end
+local v = redis.call('HMGET', KEYS[1], 'durable', 'pending')
+return tonumber(v[1]) + tonumber(v[2])
+"""
+
+# KEYS[1] hash; ARGV durable, version, now, then delta id / amount pairs applied in that version.
+APPLY = """
+local durable, version, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+if current >= 0 and current < version - 1 then
+  redis.call('DEL', KEYS[1])   -- versions skipped: refill from PostgreSQL on the next read
+  current = -1
+end
+if current < 0 then
+  redis.call('HSET', KEYS[1], 'durable', durable, 'version', version, 'pending', 0)
+  current = version
+elseif current == version - 1 then
+  redis.call('HSET', KEYS[1], 'durable', durable, 'version', version)
+end
+for i = 4, #ARGV, 2 do
+  local id, amount = ARGV[i], ARGV[i + 1]
+  if redis.call('HDEL', KEYS[1], 'd:' .. id) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'pending', -tonumber(amount))
+  else
+    redis.call('HSET', KEYS[1], 'a:' .. id, now)
+  end
+end
+return current
+"""
+
+
+def client():
+    return get_redis_connection("default")
+
+
+def _script(source: str):
+    # Not memoised: the client can change (settings overrides in tests); hashing is cheap.
+    return client().register_script(source)
+
+
+def hash_key(key: str) -> str:
+    return PREFIX + key
+
+
+@dataclass(frozen=True)
+class CachedCounter:
+    durable: int
+    pending: int
+
+    @property
+    def value(self) -> int:
+        return self.durable + self.pending
+
+
+def bump(*, key: str, delta_id: str, amount: int, now: float) -> int | None:
+    result = _script(BUMP)(keys=[hash_key(key)], args=[delta_id, amount, now])
+    return None if result is None else int(result)
+
+
+def fill(*, key: str, durable: int, version: int) -> int:
+    return int(_script(FILL)(keys=[hash_key(key)], args=[durable, version]))
+
+
+def read_many(*, keys: list[str]) -> dict[str, CachedCounter | None]:
+    """One round trip for any number of counters; None where the hash is missing."""
+    pipe = client().pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(hash_key(key), "durable", "pending")
+    result = {}
+    for key, (durable, pending) in zip(keys, pipe.execute(), strict=True):
+        has_value = durable is not None and pending is not None
+        result[key] = CachedCounter(int(durable), int(pending)) if has_value else None
+    return result
+
+
+def apply(
+    *, rows: list[tuple[str, int, int]], deltas: dict[str, list[tuple[str, int]]], now: float
+):
+    """After a batch commit: ``rows`` are (key, durable, version); ``deltas`` per key."""
+    script = _script(APPLY)
+    pipe = client().pipeline(transaction=False)
+    for key, durable, version in rows:
+        args: list = [durable, version, now]
+        for delta_id, amount in deltas.get(key, []):
+            args += [delta_id, amount]
+        script(keys=[hash_key(key)], args=args, client=pipe)
+    pipe.execute()
+
+
+def ephemeral_incr(*, key: str, amount: int) -> int:
+    return int(client().incrby(EPHEMERAL_PREFIX + key, amount))
+
+
+def ephemeral_get_many(*, keys: list[str]) -> dict[str, int]:
+    values = client().mget([EPHEMERAL_PREFIX + key for key in keys])
+    return {key: int(v or 0) for key, v in zip(keys, values, strict=True)}

@@ -1,0 +1,63 @@
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from counters import selectors, services
+from counters.keys import InvalidCounter
+
+# RabbitMQ's management API refreshes its figures every 5 s: "nothing pending" must be seen for
+# longer than that before it is believed.
+SETTLE_S = 6.0
+
+
+class Command(BaseCommand):
+    help = "Durable counters: get KEY | drain --timeout S | reconcile"
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        get = sub.add_parser("get", help="print a counter: value, durable, pending")
+        get.add_argument("key")
+        drain = sub.add_parser(
+            "drain", help="wait until every acknowledged delta is applied or dead-lettered"
+        )
+        drain.add_argument("--timeout", type=float, default=60.0, help="seconds (exit 1 after)")
+        sub.add_parser("reconcile", help="repair drift between Redis and PostgreSQL + pending")
+
+    def handle(self, *args, action: str, **options):
+        return getattr(self, f"do_{action}")(**options)
+
+    def do_get(self, *, key: str, **options) -> None:
+        try:
+            reading = services.counter_get(key=key)
+        except InvalidCounter as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(
+            f"{key} value={reading.value} durable={reading.durable} pending={reading.pending}"
+        )
+
+    def do_drain(self, *, timeout: float, **options) -> None:
+        start = time.monotonic()
+        zero_since = None
+        while True:
+            pending = selectors.pending_messages_count()
+            elapsed = time.monotonic() - start
+            self.stdout.write(
+                f"drain: {pending} delta messages pending, {selectors.applied_count()} applied "
+                f"in the ledger, {elapsed:.0f}s"
+            )
+            if pending == 0:
+                zero_since = zero_since or time.monotonic()
+                if time.monotonic() - zero_since >= SETTLE_S:
+                    self.stdout.write("drained.")
+                    return
+            else:
+                zero_since = None
+            if elapsed > timeout:
+                raise CommandError(f"not drained after {timeout:.0f}s: {pending} still pending")
+            time.sleep(1.0)
+
+    def do_reconcile(self, **options) -> None:
+        repairs = services.counter_reconcile()
+        for repair in repairs:
+            self.stdout.write(f"{repair.key}: {repair.before} -> {repair.after} ({repair.detail})")
+        self.stdout.write(f"reconciled: {len(repairs)} counters repaired.")

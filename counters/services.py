@@ -1,0 +1,440 @@
+"""Durable hot counters: the write path, the apply path and the read path (with read repair).
+
+Write (``counter_incr``): validate; publish the delta (a unique id, the key, the amount) to the
+broker and wait for its confirmation; only then record it in the Redis hash for fast reads (see
+counters/cache.py for why this order is right and what ``counter_reconcile`` repairs). The
+truth is never read out of Redis: the message carries the delta.
+
+Apply (``delta_batch_apply``, run by the ``counters.apply_deltas`` batch task): in ONE PostgreSQL
+transaction insert the batch's delta ids into the ledger (``ON CONFLICT DO NOTHING``) and add the
+sums of the newly inserted ones to the counter rows (one upsert, rows in key order); the messages
+are acknowledged after the commit.
+
+Read (``counter_get``, ``counter_get_many``): Redis hit: durable + pending. Miss (evicted,
+flushed, restarted): the PostgreSQL value, refilled into Redis by a version-guarded script.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis.exceptions
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from project.celery import app
+from tasks.base import broker_kind, retry_countdown
+from tasks.models import DeadLetter
+from tasks.policy import TRANSIENT_ERRORS
+from tasks.services import (
+    FailedMessage,
+    dead_letter_publish_task,
+    dead_letter_record,
+    redis_delivery_counts,
+)
+
+from . import cache
+from .faults import fault_point
+from .keys import InvalidCounter, amount_validate, key_validate
+from .models import AppliedDelta, Counter
+
+logger = logging.getLogger(__name__)
+
+DURABLE = "durable"
+EPHEMERAL = "ephemeral"
+APPLY_TASK = "counters.apply_deltas"
+
+
+class CounterUnavailable(RuntimeError):
+    """The broker did not confirm the delta: nothing was counted (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class CounterReading:
+    value: int
+    durable: int
+    pending: int
+
+
+# --- write path -------------------------------------------------------------------------------
+
+
+def counter_incr(*, key: str, amount: int = 1) -> int | None:
+    """Count ``amount`` on ``key``; return the value after it (from Redis).
+
+    Raises InvalidCounter for a bad key or amount (nothing happens) and CounterUnavailable when
+    the broker does not confirm the delta (nothing is counted). Inside a database transaction the
+    increment is deferred to the commit (and dropped on rollback) and None is returned (G2b).
+    """
+    _, data_class = key_validate(key=key)
+    amount = amount_validate(amount=amount)
+    if data_class == EPHEMERAL:
+        return cache.ephemeral_incr(key=key, amount=amount)
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: _durable_incr(key=key, amount=amount))
+        return None
+    return _durable_incr(key=key, amount=amount)
+
+
+def _durable_incr(*, key: str, amount: int) -> int:
+    delta_id = str(uuid.uuid4())
+    delta_publish(delta_id=delta_id, key=key, amount=amount)
+    # The delta is durable from here on; Redis only makes it visible sooner.
+    try:
+        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
+        if value is None:
+            counter_fill(keys=[key])
+            value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
+        logger.info("delta %s %s %+d published, value %s", delta_id, key, amount, value)
+        return int(value)
+    except redis.exceptions.RedisError as exc:
+        logger.warning("delta %s published but the cache is unavailable: %r", delta_id, exc)
+        return _durable_values(keys=[key])[key][0] + amount
+
+
+def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | None = None,
+                  retries: int = 0) -> None:  # fmt: skip
+    """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none."""
+
+    try:
+        app.send_task(
+            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id,
+            countdown=countdown, retries=retries,
+        )  # fmt: skip
+    except Exception as exc:  # any publish failure means "not counted"
+        logger.error("delta %s %s %+d NOT published: %r", delta_id, key, amount, exc)
+        raise CounterUnavailable(f"the broker did not accept the delta: {exc}") from exc
+
+
+# --- read path --------------------------------------------------------------------------------
+
+
+def counter_get(*, key: str) -> CounterReading:
+    return counter_get_many(keys=[key])[key]
+
+
+def counter_get_many(*, keys: list[str]) -> dict[str, CounterReading]:
+    """Read many counters in one Redis round trip; misses are repaired from PostgreSQL."""
+    durable_keys, ephemeral_keys = [], []
+    for key in keys:
+        _, data_class = key_validate(key=key)
+        (ephemeral_keys if data_class == EPHEMERAL else durable_keys).append(key)
+    readings: dict[str, CounterReading] = {}
+    if ephemeral_keys:
+        for key, value in cache.ephemeral_get_many(keys=ephemeral_keys).items():
+            readings[key] = CounterReading(value=value, durable=0, pending=0)
+    if durable_keys:
+        try:
+            cached = cache.read_many(keys=durable_keys)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("cache unavailable, reading counters from PostgreSQL: %r", exc)
+            cached = dict.fromkeys(durable_keys)
+        missing = [key for key, hit in cached.items() if hit is None]
+        if missing:
+            cached.update(counter_fill(keys=missing))
+        for key in durable_keys:
+            hit = cached[key]
+            readings[key] = CounterReading(hit.value, hit.durable, hit.pending)
+    return {key: readings[key] for key in keys}
+
+
+def _durable_values(*, keys: list[str]) -> dict[str, tuple[int, int]]:
+    rows = dict.fromkeys(keys, (0, 0))
+    for key, value, version in Counter.objects.filter(key__in=keys).values_list(
+        "key", "value", "version"
+    ):
+        rows[key] = (value, version)
+    return rows
+
+
+def counter_fill(*, keys: list[str]) -> dict[str, cache.CachedCounter]:
+    """Read repair: the PostgreSQL values, written to Redis unless a newer version is there."""
+    result = {}
+    for key, (durable, version) in _durable_values(keys=keys).items():
+        try:
+            value = cache.fill(key=key, durable=durable, version=version)
+            result[key] = cache.CachedCounter(durable=durable, pending=value - durable)
+        except redis.exceptions.RedisError:
+            result[key] = cache.CachedCounter(durable=durable, pending=0)
+    return result
+
+
+# --- apply path -------------------------------------------------------------------------------
+
+
+@dataclass
+class IncomingDelta:
+    """One delta message as the batch task received it."""
+
+    message_id: str
+    args: list
+    retries: int = 0
+    deliveries: int = 1
+
+
+@dataclass
+class BatchOutcome:
+    """What to do with each message after the batch: ids not listed are acknowledged."""
+
+    reject: list[str] = field(default_factory=list)  # dead-lettered
+    requeue: list[str] = field(default_factory=list)  # give back to the broker
+
+
+def _parse(delta: IncomingDelta) -> tuple[str, str, int]:
+    try:
+        delta_id, key, amount = delta.args
+        uuid.UUID(str(delta_id))
+    except (TypeError, ValueError) as exc:
+        raise InvalidCounter(f"malformed delta {delta.args!r}") from exc
+    _, data_class = key_validate(key=key)
+    if data_class != DURABLE:
+        raise InvalidCounter(f"{key} is not a durable counter")
+    return str(delta_id), key, amount_validate(amount=amount)
+
+
+LEDGER_INSERT = """
+INSERT INTO counters_applieddelta (delta_id, key, amount, applied_at)
+SELECT delta_id, key, amount, now() FROM unnest(%s::uuid[], %s::text[], %s::bigint[])
+    AS batch(delta_id, key, amount)
+ON CONFLICT (delta_id) DO NOTHING
+RETURNING delta_id::text, key, amount
+"""
+# One upsert for the batch; rows in key order so concurrent batches lock them in the same order
+# and cannot deadlock.
+COUNTER_UPSERT = """
+INSERT INTO counters_counter (key, value, version, updated_at)
+SELECT key, total, 1, now() FROM unnest(%s::text[], %s::bigint[]) AS sums(key, total)
+ORDER BY key
+ON CONFLICT (key) DO UPDATE SET value = counters_counter.value + EXCLUDED.value,
+    version = counters_counter.version + 1, updated_at = now()
+RETURNING key, value, version
+"""
+
+
+def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
+    """Apply deltas (id, key, amount) in ONE transaction; return how many were new."""
+    keys = {key for _, key, _ in deltas}
+    unique = {delta_id: (key, amount) for delta_id, key, amount in deltas}
+    with transaction.atomic(), connection.cursor() as cursor:
+        fault_point("raise", keys=keys)
+        # Arrays, not a VALUES list built as text: one statement text for every batch size.
+        cursor.execute(LEDGER_INSERT, [list(unique), [k for k, _ in unique.values()],
+                                       [a for _, a in unique.values()]])  # fmt: skip
+        inserted = cursor.fetchall()
+        sums: dict[str, int] = defaultdict(int)
+        for _, key, amount in inserted:
+            sums[key] += amount
+        counter_rows = []
+        if sums:
+            ordered = sorted(sums.items())
+            cursor.execute(COUNTER_UPSERT, [[k for k, _ in ordered], [t for _, t in ordered]])
+            counter_rows = cursor.fetchall()
+        fault_point("kill_before_commit", keys=keys)
+    fault_point("kill_after_commit", keys=keys)
+    if counter_rows:
+        by_key: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for delta_id, key, amount in inserted:
+            by_key[key].append((delta_id, amount))
+        try:
+            cache.apply(rows=counter_rows, deltas=by_key, now=time.time())
+        except redis.exceptions.RedisError as exc:
+            # The cache is only a copy: its pending entries still count these deltas, so reads
+            # stay right; the next batch for these keys (or a read miss) heals the versions.
+            logger.warning("applied, but the cache was not updated: %r", exc)
+    for delta_id, key, amount in inserted:
+        logger.info("delta %s %s %+d applied", delta_id, key, amount)
+    return len(inserted)
+
+
+def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
+    """Apply a batch of delta messages; say which to dead-letter or give back, the rest are acked.
+
+    * A message delivered more than ``TASK_MAX_DELIVERIES`` times (its worker died each time: a
+      poison delta that kills the process) is dead-lettered without being run.
+    * A malformed delta is dead-lettered (permanent error).
+    * First deliveries are applied together in one transaction. A message seen before was in a
+      batch whose worker died, so it is applied on its own: a poison delta can then only take
+      itself down, and the innocent deltas of its batch get through.
+    * A group that raises a permanent error is split until the culprit is alone, then the culprit
+      is dead-lettered and the rest applied ("others unaffected").
+    * A transient error (PostgreSQL down) re-publishes the group's deltas with a backoff
+      countdown and acknowledges the originals. Counter deltas have no retry budget: the database
+      being down for minutes must delay them, never dead-letter them (G1).
+    """
+
+    outcome = BatchOutcome()
+    if broker_kind(app) == "redis":
+        try:
+            counts = redis_delivery_counts(
+                app=app, messages=[(d.message_id, d.retries) for d in deltas]
+            )
+            for delta, count in zip(deltas, counts, strict=True):
+                delta.deliveries = count
+        except Exception:  # counting must never stop deltas from being applied
+            logger.exception("could not count deliveries")
+
+    groups: list[list[tuple[IncomingDelta, tuple[str, str, int]]]] = []
+    fresh = []
+    for delta in deltas:
+        if delta.deliveries > settings.TASK_MAX_DELIVERIES:
+            reason = f"worker lost while applying this delta {delta.deliveries - 1} times"
+            _dead_letter(delta, DeadLetter.Reason.DELIVERY_LIMIT, reason, "", outcome)
+            continue
+        try:
+            parsed = _parse(delta)
+        except InvalidCounter as exc:
+            _dead_letter(delta, DeadLetter.Reason.PERMANENT_ERROR, f"InvalidCounter: {exc}", "",
+                         outcome)  # fmt: skip
+            continue
+        if delta.deliveries == 1:
+            fresh.append((delta, parsed))
+        else:
+            groups.append([(delta, parsed)])
+    if fresh:
+        groups.insert(0, fresh)
+
+    while groups:
+        group = groups.pop(0)
+        try:
+            delta_group_apply(deltas=[parsed for _, parsed in group])
+        except TRANSIENT_ERRORS as exc:
+            connection.close()  # a broken connection must not be reused by the next batch
+            for delta, _ in group:
+                _retry_later(delta, exc, outcome)
+        except Exception as exc:
+            if len(group) > 1:
+                groups[:0] = [[member] for member in group]
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+                _dead_letter(group[0][0], DeadLetter.Reason.PERMANENT_ERROR, error,
+                             traceback.format_exc(), outcome)  # fmt: skip
+    return outcome
+
+
+def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome) -> None:
+
+    countdown = retry_countdown(app=app, attempt=min(delta.retries, 16))
+    try:
+        delta_publish(delta_id=str(delta.args[0]), key=delta.args[1], amount=delta.args[2],
+                      countdown=countdown, retries=delta.retries + 1)  # fmt: skip
+        logger.warning("delta %s retry %d in %.1fs: %r", delta.message_id, delta.retries + 1,
+                       countdown, exc)  # fmt: skip
+    except CounterUnavailable:
+        outcome.requeue.append(delta.message_id)
+
+
+def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
+                 outcome: BatchOutcome) -> None:  # fmt: skip
+
+    kind = broker_kind(app)
+    message = FailedMessage(
+        task_id=delta.message_id, task_name=APPLY_TASK, queue="counters", args=list(delta.args),
+        kwargs={}, attempts=delta.retries + 1, deliveries=delta.deliveries, broker=kind,
+    )  # fmt: skip
+    try:
+        dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
+        if kind == "redis":
+            dead_letter_publish_task(
+                app=app, task_id=delta.message_id, task_name=APPLY_TASK, args=list(delta.args),
+                kwargs={}, retries=delta.retries, queue="counters", reason=reason,
+                exception=exception,
+            )  # fmt: skip
+    except TRANSIENT_ERRORS as exc:
+        # The dead-letter table or queue is unreachable: keep the delta alive instead.
+        connection.close()
+        outcome.requeue.append(delta.message_id)
+        logger.error("could not dead-letter delta %s yet: %r", delta.message_id, exc)
+        return
+    logger.error("delta %s dead-lettered (%s): %s", delta.message_id, reason, exception)
+    outcome.reject.append(delta.message_id)
+
+
+def ledger_prune(*, older_than_s: int) -> int:
+    """Delete ledger rows older than the longest redelivery window; return how many."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    deleted, _ = AppliedDelta.objects.filter(applied_at__lt=cutoff).delete()
+    return deleted
+
+
+@dataclass(frozen=True)
+class Repair:
+    key: str
+    before: int
+    after: int
+    detail: str
+
+
+def counter_reconcile(*, tombstone_age_s: float = 600.0) -> list[Repair]:
+    """Compare each cached counter with PostgreSQL + its pending deltas and repair the drift.
+
+    Repairs: a ``durable``/``version`` older than the database (an ``apply`` that never reached
+    Redis); pending entries whose delta the ledger shows as applied (counted twice); tombstones
+    older than ``tombstone_age_s`` (left by a web process killed between its publish and its
+    Redis update: the delta was counted by the worker, the bump never came). Optimistic: a hash
+    that changes while it is being checked is checked again.
+    """
+    client = cache.client()
+    repairs = []
+    now = time.time()
+    for raw_key in client.scan_iter(match=cache.PREFIX + "*", count=500):
+        hash_key = raw_key.decode()
+        key = hash_key[len(cache.PREFIX) :]
+        for _ in range(10):
+            with client.pipeline() as pipe:
+                try:
+                    pipe.watch(hash_key)
+                    repair = _reconcile_one(pipe, hash_key, key, now, tombstone_age_s)
+                except redis.exceptions.WatchError:
+                    continue
+            if repair:
+                repairs.append(repair)
+            break
+    return repairs
+
+
+def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: float):
+    fields = {k.decode(): v.decode() for k, v in pipe.hgetall(hash_key).items()}
+    if "durable" not in fields:
+        return None
+    durable, version = int(fields["durable"]), int(fields["version"])
+    pending_sum = int(fields.get("pending", 0))
+    entries = {f[2:]: int(v) for f, v in fields.items() if f.startswith("d:")}
+    old_tombstones = [
+        f for f, v in fields.items() if f.startswith("a:") and now - float(v) > tombstone_age_s
+    ]
+    applied = {
+        str(delta_id)
+        for delta_id in AppliedDelta.objects.filter(delta_id__in=list(entries)).values_list(
+            "delta_id", flat=True
+        )
+    }
+    db_value, db_version = _durable_values(keys=[key])[key]
+    new_durable, new_version = (
+        (db_value, db_version) if db_version >= version else (durable, version)
+    )
+    still_pending = {i: a for i, a in entries.items() if i not in applied}
+    new_pending = sum(still_pending.values())
+    before, after = durable + pending_sum, new_durable + new_pending
+    if (new_durable, new_version, new_pending) == (durable, version, pending_sum) and not (
+        applied or old_tombstones
+    ):
+        return None
+    pipe.multi()
+    pipe.hset(hash_key, mapping={"durable": new_durable, "version": new_version,
+                                  "pending": new_pending})  # fmt: skip
+    stale = [f"d:{i}" for i in applied] + old_tombstones
+    if stale:
+        pipe.hdel(hash_key, *stale)
+    pipe.execute()
+    detail = (
+        f"database {db_value} (v{db_version}) + {len(still_pending)} pending ({new_pending}); "
+        f"dropped {len(applied)} applied pending entries, {len(old_tombstones)} old tombstones"
+    )
+    return Repair(key=key, before=before, after=after, detail=detail)

@@ -1,0 +1,74 @@
+"""The counters' tasks: the batched apply of deltas, and ledger pruning."""
+
+from celery import shared_task
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+from django.conf import settings
+
+from .services import APPLY_TASK, IncomingDelta, delta_batch_apply, ledger_prune
+
+
+class DeltaBatches(Batches):
+    """celery-batches, with acknowledgements that follow the outcome of each message.
+
+    Stock celery-batches acknowledges every message of a batch once the batch function returns,
+    and never answers for a batch whose worker process died. Here the batch function says which
+    messages to dead-letter (rejected: RabbitMQ's dead-letter exchange takes them; on Redis the
+    copy was published first) and which to give back; the rest are acknowledged, after the
+    commit. A batch whose process died is given back whole (requeued), like
+    ``task_reject_on_worker_lost`` does for single tasks, and the delivery count grows.
+    """
+
+    acks_late = True
+
+    def flush(self, requests):
+        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_return(outcome) -> None:
+            outcome = outcome or {"requeue": [r.id for r in requests]}
+            reject, requeue = set(outcome.get("reject", ())), set(outcome.get("requeue", ()))
+            for request in requests:
+                if request.id in reject:
+                    request.reject(requeue=False)
+                elif request.id in requeue:
+                    request.reject(requeue=True)
+                else:
+                    request.acknowledge()
+
+        def on_error(exc_info) -> None:
+            for request in requests:
+                request.reject(requeue=True)
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, serializable, 0, None),
+            callback=on_return,
+            error_callback=on_error,
+        )
+
+
+@shared_task(
+    base=DeltaBatches,
+    name=APPLY_TASK,
+    flush_every=settings.COUNTER_BATCH_SIZE,
+    flush_interval=settings.COUNTER_BATCH_INTERVAL_MS / 1000,
+)
+def apply_deltas(requests: list[SimpleRequest]) -> dict:
+    deltas = [
+        IncomingDelta(
+            message_id=request.id,
+            args=list(request.args),
+            retries=int(request.request_dict.get("retries") or 0),
+            # RabbitMQ quorum queues count earlier deliveries; the Redis broker's are counted in
+            # delta_batch_apply.
+            deliveries=int(request.request_dict.get("x-delivery-count") or 0) + 1,
+        )
+        for request in requests
+    ]
+    outcome = delta_batch_apply(deltas=deltas)
+    return {"reject": outcome.reject, "requeue": outcome.requeue}
+
+
+@shared_task(name="counters.prune_ledger")
+def prune_ledger() -> int:
+    return ledger_prune(older_than_s=settings.COUNTER_LEDGER_RETENTION_S)

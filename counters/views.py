@@ -1,0 +1,116 @@
+"""Counter API (a beacon: no session, no CSRF token) and the article pages."""
+
+import json
+import logging
+
+import redis.exceptions
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from . import readers, services
+from .keys import InvalidCounter
+from .models import Article
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def _amount_from_body(request) -> int:
+    if not request.body:
+        return 1
+    try:
+        payload = json.loads(request.body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidCounter(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidCounter('body must be a JSON object like {"amount": 1}')
+    unexpected = set(payload) - {"amount"}
+    if unexpected:
+        raise InvalidCounter(f"unexpected fields: {sorted(unexpected)}")
+    return payload.get("amount", 1)
+
+
+@csrf_exempt
+def counter_incr_view(request, key: str):
+    if request.method != "POST":
+        return _error(405, "use POST")
+    try:
+        amount = _amount_from_body(request)
+        value = services.counter_incr(key=key, amount=amount)
+    except InvalidCounter as exc:
+        return _error(400, str(exc))
+    except services.CounterUnavailable:
+        return _error(503, "the increment was not counted: the queue is unavailable, try again")
+    return JsonResponse({"key": key, "value": value})
+
+
+def counter_get_view(request, key: str):
+    if request.method != "GET":
+        return _error(405, "use GET")
+    try:
+        reading = services.counter_get(key=key)
+    except InvalidCounter as exc:
+        return _error(400, str(exc))
+    return JsonResponse(
+        {"key": key, "value": reading.value, "durable": reading.durable, "pending": reading.pending}
+    )
+
+
+def article_list(request):
+    articles = list(Article.objects.all())
+    keys = [k for a in articles for k in (a.views_key, a.likes_key)]
+    readings = services.counter_get_many(keys=keys) if keys else {}  # one Redis round trip
+    rows = [(a, readings[a.views_key].value, readings[a.likes_key].value) for a in articles]
+    return render(request, "counters/article_list.html", {"rows": rows})
+
+
+def _visitor_id(request) -> str:
+    if not request.session.session_key:
+        request.session.save()
+    return request.session.session_key
+
+
+@require_http_methods(["GET"])
+def article_detail(request, slug: str):
+    article = get_object_or_404(Article, slug=slug)
+    counted = True
+    try:
+        services.counter_incr(key=article.views_key)
+    except services.CounterUnavailable:
+        counted = False  # the page still renders; this view just was not counted
+    try:
+        readers.readers_touch(article_slug=slug, visitor_id=_visitor_id(request))
+        active = readers.readers_count(article_slug=slug)
+    except redis.exceptions.RedisError:
+        active = None  # ephemeral: unavailable is fine
+    readings = services.counter_get_many(keys=[article.views_key, article.likes_key])
+    context = {
+        "article": article,
+        "views": readings[article.views_key].value,
+        "likes": readings[article.likes_key].value,
+        "active": active,
+        "counted": counted,
+        "liked": slug in request.session.get("liked", []),
+    }
+    return render(request, "counters/article_detail.html", context)
+
+
+@require_POST
+def article_like(request, slug: str):
+    article = get_object_or_404(Article, slug=slug)
+    liked = set(request.session.get("liked", []))
+    like = request.POST.get("action", "like") == "like"
+    if like == (slug in liked):
+        return redirect("article_detail", slug=slug)  # nothing to change: no double like
+    try:
+        services.counter_incr(key=article.likes_key, amount=1 if like else -1)
+    except services.CounterUnavailable as exc:
+        raise Http404("likes are unavailable right now") from exc
+    liked.add(slug) if like else liked.discard(slug)
+    request.session["liked"] = sorted(liked)
+    return redirect("article_detail", slug=slug)
