@@ -17,8 +17,19 @@ Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) whe
 * ``version`` orders updates: ``durable`` moves only to the next version. If versions were skipped
   (another worker's ``apply`` still to come, or lost with a crash or a cache outage), the hash is
   dropped and the next read refills it from PostgreSQL: exact ``durable``, pending unknown.
-* A fill (cache miss) never overwrites a hash that a newer ``apply`` created: a reader that read
-  an old row while a batch committed cannot put the old value back (the stale-set race).
+  ``apply`` never creates a hash, so a late ``apply`` cannot bring back an old value.
+* A fill (cache miss) is version-guarded: ``apply`` records the newest applied version in a small
+  marker key ``cntv:<key>``, and a fill built from an older PostgreSQL read is refused (the reader
+  reads again). This is the stale-set race: a reader that read the row just before a batch
+  committed cannot put the old value back.
+* A bump that finds no hash fills it first; since the fill may already contain the delta (applied
+  between the publish and the bump), the miss path checks the ledger before recording it.
+* One window is left: a fill can read the row just before a batch commits whose deltas the lost
+  hash was counting as pending; until that batch's ``apply`` arrives (milliseconds) the hash reads
+  low. So for ``COUNTER_FILL_GRACE_S`` after a fill, reads also ask PostgreSQL and report
+  ``max(cache, durable)``: a database query per read only just after a miss, never on the hot
+  path. (If the worker dies between that commit and its ``apply``, the next batch for the key, or
+  ``counters reconcile``, puts the hash right.)
 * Eviction or FLUSHALL loses the pending index with the hash; reads fall back to ``durable`` plus
   what is recorded afterwards, low but within bounds, and exact again once the queue drains.
 """
@@ -28,6 +39,7 @@ from dataclasses import dataclass
 from django_redis import get_redis_connection
 
 PREFIX = "cnt:"
+VERSION_PREFIX = "cntv:"
 EPHEMERAL_PREFIX = "eph:"
 
 # KEYS[1] hash; ARGV delta id, amount, now. Returns durable + pending, or false if the hash is
@@ -43,30 +55,36 @@ local v = redis.call('HMGET', KEYS[1], 'durable', 'pending')
 return tonumber(v[1]) + tonumber(v[2])
 """
 
-# KEYS[1] hash; ARGV durable, version. Creates the hash unless one of this or a newer version
-# exists. Returns durable + pending.
+# KEYS[1] hash, KEYS[2] version marker; ARGV durable, version, now. Creates the hash unless it
+# holds this or a newer version. Returns durable + pending, or false if a newer version has been
+# applied since the caller read PostgreSQL (it reads again).
 FILL = """
+local latest = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if latest > tonumber(ARGV[2]) then return false end
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
 if current < tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'durable', ARGV[1], 'version', ARGV[2], 'pending', 0)
+  redis.call('HSET', KEYS[1], 'durable', ARGV[1], 'version', ARGV[2], 'pending', 0,
+             'filled_at', ARGV[3])
 end
 local v = redis.call('HMGET', KEYS[1], 'durable', 'pending')
 return tonumber(v[1]) + tonumber(v[2])
 """
 
-# KEYS[1] hash; ARGV durable, version, now, then delta id / amount pairs applied in that version.
+# KEYS[1] hash, KEYS[2] version marker; ARGV durable, version, now, then delta id / amount pairs
+# applied in that version. Never creates the hash: a missing one is filled by the next read.
 APPLY = """
 local durable, version, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
-if current >= 0 and current < version - 1 then
-  redis.call('DEL', KEYS[1])   -- versions skipped: refill from PostgreSQL on the next read
-  current = -1
+if version > tonumber(redis.call('GET', KEYS[2]) or '-1') then
+  redis.call('SET', KEYS[2], version)
 end
-if current < 0 then
-  redis.call('HSET', KEYS[1], 'durable', durable, 'version', version, 'pending', 0)
-  current = version
-elseif current == version - 1 then
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+if current < 0 then return -1 end
+if current < version - 1 then
+  redis.call('DEL', KEYS[1])   -- versions skipped: refill from PostgreSQL on the next read
+  return -1
+end
+if current == version - 1 then
   redis.call('HSET', KEYS[1], 'durable', durable, 'version', version)
 end
 for i = 4, #ARGV, 2 do
@@ -94,10 +112,15 @@ def hash_key(key: str) -> str:
     return PREFIX + key
 
 
+def version_key(key: str) -> str:
+    return VERSION_PREFIX + key
+
+
 @dataclass(frozen=True)
 class CachedCounter:
     durable: int
     pending: int
+    filled_at: float = 0.0
 
     @property
     def value(self) -> int:
@@ -109,19 +132,22 @@ def bump(*, key: str, delta_id: str, amount: int, now: float) -> int | None:
     return None if result is None else int(result)
 
 
-def fill(*, key: str, durable: int, version: int) -> int:
-    return int(_script(FILL)(keys=[hash_key(key)], args=[durable, version]))
+def fill(*, key: str, durable: int, version: int, now: float) -> int | None:
+    result = _script(FILL)(keys=[hash_key(key), version_key(key)], args=[durable, version, now])
+    return None if result is None else int(result)
 
 
 def read_many(*, keys: list[str]) -> dict[str, CachedCounter | None]:
     """One round trip for any number of counters; None where the hash is missing."""
     pipe = client().pipeline(transaction=False)
     for key in keys:
-        pipe.hmget(hash_key(key), "durable", "pending")
+        pipe.hmget(hash_key(key), "durable", "pending", "filled_at")
     result = {}
-    for key, (durable, pending) in zip(keys, pipe.execute(), strict=True):
+    for key, (durable, pending, filled_at) in zip(keys, pipe.execute(), strict=True):
         has_value = durable is not None and pending is not None
-        result[key] = CachedCounter(int(durable), int(pending)) if has_value else None
+        result[key] = (
+            CachedCounter(int(durable), int(pending), float(filled_at or 0)) if has_value else None
+        )
     return result
 
 
@@ -135,7 +161,7 @@ def apply(
         args: list = [durable, version, now]
         for delta_id, amount in deltas.get(key, []):
             args += [delta_id, amount]
-        script(keys=[hash_key(key)], args=args, client=pipe)
+        script(keys=[hash_key(key), version_key(key)], args=args, client=pipe)
     pipe.execute()
 
 

@@ -90,8 +90,12 @@ def _durable_incr(*, key: str, amount: int) -> int:
     try:
         value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
         if value is None:
-            counter_fill(keys=[key])
-            value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
+            filled = counter_fill(keys=[key])[key]
+            if AppliedDelta.objects.filter(delta_id=delta_id).exists():
+                value = filled.value  # applied already: the filled durable value includes it
+            else:
+                value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
+                value = filled.value + amount if value is None else value
         logger.info("delta %s %s %+d published, value %s", delta_id, key, amount, value)
         return int(value)
     except redis.exceptions.RedisError as exc:
@@ -139,9 +143,16 @@ def counter_get_many(*, keys: list[str]) -> dict[str, CounterReading]:
         missing = [key for key, hit in cached.items() if hit is None]
         if missing:
             cached.update(counter_fill(keys=missing))
+        # Just after a fill the hash may miss a batch committing right then (cache.py): check.
+        recent = time.time() - settings.COUNTER_FILL_GRACE_S
+        fresh = [key for key, hit in cached.items() if hit.filled_at > recent]
+        floors = _durable_values(keys=fresh) if fresh else {}
         for key in durable_keys:
             hit = cached[key]
-            readings[key] = CounterReading(hit.value, hit.durable, hit.pending)
+            floor = floors.get(key, (hit.durable, 0))[0]
+            value = max(hit.value, floor)
+            durable = max(hit.durable, floor)
+            readings[key] = CounterReading(value=value, durable=durable, pending=value - durable)
     return {key: readings[key] for key in keys}
 
 
@@ -157,12 +168,24 @@ def _durable_values(*, keys: list[str]) -> dict[str, tuple[int, int]]:
 def counter_fill(*, keys: list[str]) -> dict[str, cache.CachedCounter]:
     """Read repair: the PostgreSQL values, written to Redis unless a newer version is there."""
     result = {}
-    for key, (durable, version) in _durable_values(keys=keys).items():
-        try:
-            value = cache.fill(key=key, durable=durable, version=version)
-            result[key] = cache.CachedCounter(durable=durable, pending=value - durable)
-        except redis.exceptions.RedisError:
-            result[key] = cache.CachedCounter(durable=durable, pending=0)
+    todo = list(keys)
+    for _ in range(5):
+        if not todo:
+            break
+        retry = []
+        for key, (durable, version) in _durable_values(keys=todo).items():
+            now = time.time()
+            try:
+                value = cache.fill(key=key, durable=durable, version=version, now=now)
+            except redis.exceptions.RedisError:
+                value = durable
+            if value is None:  # a batch committed since we read: read again
+                retry.append(key)
+                result[key] = cache.CachedCounter(durable=durable, pending=0, filled_at=now)
+            else:
+                result[key] = cache.CachedCounter(durable=durable, pending=value - durable,
+                                                  filled_at=now)  # fmt: skip
+        todo = retry
     return result
 
 
@@ -282,7 +305,16 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
 
     groups: list[list[tuple[IncomingDelta, tuple[str, str, int]]]] = []
     fresh = []
+    over_limit = [d for d in deltas if d.deliveries > settings.TASK_MAX_DELIVERIES]
+    done = set()
+    if over_limit:
+        # Applied before its worker died (after the commit, before the ack): nothing to do.
+        ids = [str(d.args[0]) for d in over_limit if d.args]
+        done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=_uuids(ids))
+                .values_list("delta_id", flat=True)}  # fmt: skip
     for delta in deltas:
+        if delta.args and str(delta.args[0]) in done:
+            continue
         if delta.deliveries > settings.TASK_MAX_DELIVERIES:
             reason = f"worker lost while applying this delta {delta.deliveries - 1} times"
             _dead_letter(delta, DeadLetter.Reason.DELIVERY_LIMIT, reason, "", outcome)
@@ -316,6 +348,16 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
                 _dead_letter(group[0][0], DeadLetter.Reason.PERMANENT_ERROR, error,
                              traceback.format_exc(), outcome)  # fmt: skip
     return outcome
+
+
+def _uuids(values: list[str]) -> list[uuid.UUID]:
+    result = []
+    for value in values:
+        try:
+            result.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    return result
 
 
 def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome) -> None:

@@ -22,6 +22,13 @@ class DeltaBatches(Batches):
     acks_late = True
 
     def flush(self, requests):
+        # A redelivered message was in a batch whose process died: it runs in a pool job of its
+        # own, so a poison delta can only take itself down and everything else gets acknowledged.
+        fresh = [r for r in requests if not _redelivered(r)]
+        groups = ([fresh] if fresh else []) + [[r] for r in requests if _redelivered(r)]
+        return [self._flush_group(group) for group in groups]
+
+    def _flush_group(self, requests):
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
 
         def on_return(outcome) -> None:
@@ -45,6 +52,13 @@ class DeltaBatches(Batches):
             callback=on_return,
             error_callback=on_error,
         )
+
+
+def _redelivered(request) -> bool:
+    delivery_info = request.delivery_info or {}
+    return bool(
+        delivery_info.get("redelivered") or int(request.request_dict.get("x-delivery-count") or 0)
+    )
 
 
 @shared_task(

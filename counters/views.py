@@ -49,6 +49,7 @@ def counter_incr_view(request, key: str):
     return JsonResponse({"key": key, "value": value})
 
 
+@csrf_exempt  # a wrong-method POST gets the API's JSON 405, not the HTML CSRF page
 def counter_get_view(request, key: str):
     if request.method != "GET":
         return _error(405, "use GET")

@@ -190,8 +190,9 @@ def publishing_to(broker_url: str):
     from project.celery import app
 
     def reset():
-        if app._pool is not None:
-            app._pool.force_close_all()
+        from kombu import pools
+
+        pools.reset()  # kombu keeps producer pools in a global registry, keyed by connection
         app._pool = None
         app.amqp._producer_pool = None
 

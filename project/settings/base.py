@@ -196,6 +196,10 @@ COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)
 # Applied delta ids are kept this long to recognise a redelivered delta; must outlast the longest
 # redelivery window (the Redis broker's visibility timeout; a system check enforces it).
 COUNTER_LEDGER_RETENTION_S = env.int("COUNTER_LEDGER_RETENTION_S", default=7 * 24 * 3600)
+# After a cache miss refills a counter from PostgreSQL, reads of it also check PostgreSQL for this
+# long (counters/cache.py explains the window it closes): longer than a batch's commit-to-cache
+# gap, which is milliseconds.
+COUNTER_FILL_GRACE_S = env.float("COUNTER_FILL_GRACE_S", default=5.0)
 # RabbitMQ management API, used to count unacknowledged messages (drain, operations page).
 RABBITMQ_MANAGEMENT_URL = env(
     "RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672"

@@ -37,3 +37,39 @@ def test_increments_reach_postgresql_exactly_once_and_cache_equals_database(work
         assert (reading.value, reading.durable, reading.pending) == (total, total, 0)
     assert AppliedDelta.objects.count() == 60
     assert not DeadLetter.objects.exists()
+
+
+def test_the_same_delta_published_twice_is_applied_once(worker):
+    key = f"article_likes:dup-{uuid.uuid4().hex[:8]}"
+    delta_id = str(uuid.uuid4())
+    services.delta_publish(delta_id=delta_id, key=key, amount=7)
+    services.delta_publish(delta_id=delta_id, key=key, amount=7)
+    drain()
+    assert durable(key) == 7
+    assert AppliedDelta.objects.filter(delta_id=delta_id).count() == 1
+    assert services.counter_get(key=key).value == 7
+
+
+def test_increment_inside_a_transaction_is_published_on_commit_and_never_on_rollback(worker):
+    from django.db import transaction
+
+    from ..helpers import queue_depth
+
+    kept, dropped = (f"article_views:tx-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    with transaction.atomic():
+        assert services.counter_incr(key=kept, amount=2) is None  # deferred to the commit
+        assert services.counter_get(key=kept).value == 0  # nothing visible before it
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.counter_incr(key=dropped, amount=5)
+        raise RuntimeError("roll back")
+    assert services.counter_get(key=kept).value == 2
+    drain()
+    assert (durable(kept), durable(dropped)) == (2, 0)
+    assert services.counter_get(key=dropped).value == 0
+    assert queue_depth(worker_broker(worker), "counters") == 0
+
+
+def worker_broker(worker) -> str:
+    import os
+
+    return os.environ["CELERY_BROKER_URL"]
