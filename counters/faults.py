@@ -5,7 +5,9 @@
 
 * ``raise``: the apply of a batch holding the key raises (a poison delta that raises);
 * ``kill_before_commit`` / ``kill_after_commit``: the worker process SIGKILLs itself inside the
-  transaction, or after the commit and before the acknowledgement.
+  transaction, or after the commit and before the acknowledgement;
+* ``transient``: the apply raises a database OperationalError while the cache key
+  ``fault:transient`` exists (the test removes it to let the database "come back").
 """
 
 import os
@@ -24,4 +26,11 @@ def fault_point(point: str, *, keys: set[str]) -> None:
         return
     if point == "raise":
         raise InjectedFault(f"injected fault for {sorted(keys.intersection(targets))}")
+    if point == "transient":
+        from django.db import OperationalError
+        from django_redis import get_redis_connection
+
+        if get_redis_connection("default").exists("fault:transient"):
+            raise OperationalError("injected: the database is unreachable")
+        return
     os.kill(os.getpid(), signal.SIGKILL)

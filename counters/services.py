@@ -247,6 +247,7 @@ def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
     unique = {delta_id: (key, amount) for delta_id, key, amount in deltas}
     with transaction.atomic(), connection.cursor() as cursor:
         fault_point("raise", keys=keys)
+        fault_point("transient", keys=keys)
         # Arrays, not a VALUES list built as text: one statement text for every batch size.
         cursor.execute(LEDGER_INSERT, [list(unique), [k for k, _ in unique.values()],
                                        [a for _, a in unique.values()]])  # fmt: skip

@@ -26,6 +26,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -259,12 +260,31 @@ def start_missing(*, profile: str, env: dict[str, str] | os._Environ | None = No
 
 
 @contextlib.contextmanager
-def running(*, profile: str) -> Iterator[ServerSet]:
-    servers = start_missing(profile=profile)
+def running(*, profile: str, ephemeral: bool = False) -> Iterator[ServerSet]:
+    """Servers for the unset URLs; ``ephemeral``: in a folder of their own, deleted afterwards
+    (so two test runs never share, and no run sees another's leftovers)."""
+    previous = os.environ.get("LOCAL_STATE_DIR")
+    if ephemeral:
+        root = Path(tempfile.mkdtemp(prefix=f"{profile}-", dir=_ensure(state_dir(profile))))
+        os.environ["LOCAL_STATE_DIR"] = str(root)
     try:
-        yield servers
+        servers = start_missing(profile=profile)
+        try:
+            yield servers
+        finally:
+            servers.stop()
     finally:
-        servers.stop()
+        if ephemeral:
+            if previous is None:
+                os.environ.pop("LOCAL_STATE_DIR", None)
+            else:
+                os.environ["LOCAL_STATE_DIR"] = previous
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _exec(argv: list[str]) -> int:
@@ -272,7 +292,7 @@ def _exec(argv: list[str]) -> int:
     if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
         print(f"devservers: command not found: {argv[0]}", file=sys.stderr)
         return 127
-    with running(profile=os.environ.get("DEVSERVERS_PROFILE", "test")) as servers:
+    with running(profile="test", ephemeral=True) as servers:
         for name, url in servers.env.items():
             print(f"devservers: started {name}={url}", file=sys.stderr)
         child = subprocess.Popen(argv, env={**os.environ, **servers.env})

@@ -163,3 +163,28 @@ def test_poison_delta_that_kills_its_worker_every_time_is_dead_lettered_after_th
     assert durable(innocent) == 10  # the innocent deltas of the poisoned batches got through
     assert durable(poison_key) == 0
     assert [m.headers["id"] for m in read_queue(broker, "dead_letter")] == [letter.task_id]
+
+
+def test_database_errors_re_publish_the_batch_with_backoff_and_lose_nothing(
+    broker, database_url, cache_redis, worker_log_dir
+):
+    """The celery-batches trap: a batch whose function fails must not be acknowledged as done.
+    Here a transient database error re-publishes the deltas with a countdown; once the database
+    is back they are applied, each exactly once."""
+    key = "article_views:db-down"
+    cache_redis.set("fault:transient", 1)
+    with counters_worker(
+        broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
+        env={"COUNTER_FAULTS": f"transient={key}", "TASK_RETRY_BACKOFF_BASE": "0.5"},
+    ) as running:  # fmt: skip
+        for _ in range(6):
+            services.counter_incr(key=key, amount=2)
+        wait_for(lambda: running.output().count(" retry 2 ") >= 1, timeout=60,
+                 what="retries of the failed batch")  # fmt: skip
+        assert durable(key) == 0
+        cache_redis.delete("fault:transient")  # the database is back
+        drain()
+    assert durable(key) == 12
+    assert AppliedDelta.objects.filter(key=key).count() == 6
+    assert not DeadLetter.objects.exists()
+    assert services.counter_get(key=key).value == 12

@@ -1,0 +1,123 @@
+"""Read repair, reconcile, the stale-fill race and ledger pruning, on real PostgreSQL and Redis."""
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from counters import cache, services
+from counters.models import AppliedDelta, Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def apply_now(*deltas):
+    """What the worker does for one batch (no broker needed for these tests)."""
+    return services.delta_group_apply(deltas=list(deltas))
+
+
+def new_key() -> str:
+    return f"article_views:repair-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_miss_reads_postgresql_and_refills_redis(cache_redis):
+    key = new_key()
+    apply_now((str(uuid.uuid4()), key, 5))
+    cache_redis.flushall()
+    reading = services.counter_get(key=key)
+    assert (reading.value, reading.durable, reading.pending) == (5, 5, 0)
+    assert cache_redis.hget(cache.hash_key(key), "durable") == b"5"
+
+
+def test_a_batch_applied_moves_pending_into_durable_without_changing_the_sum(cache_redis):
+    key = new_key()
+    services.counter_get(key=key)  # fill: 0
+    delta_id = str(uuid.uuid4())
+    assert cache.bump(key=key, delta_id=delta_id, amount=4, now=time.time()) == 4
+    assert services.counter_get(key=key) == services.CounterReading(4, 0, 4)
+    apply_now((delta_id, key, 4))
+    assert services.counter_get(key=key) == services.CounterReading(4, 4, 0)
+
+
+def test_a_bump_after_its_delta_was_applied_is_not_counted_twice(cache_redis):
+    key = new_key()
+    services.counter_get(key=key)
+    delta_id = str(uuid.uuid4())
+    apply_now((delta_id, key, 3))  # the worker was faster than the web process
+    assert cache.bump(key=key, delta_id=delta_id, amount=3, now=time.time()) == 3
+    assert services.counter_get(key=key).value == 3
+
+
+def test_the_stale_fill_race_cannot_put_an_old_value_back(cache_redis):
+    """A reader reads the row, a batch commits and is applied, then the reader's fill arrives:
+    it is refused and the reader reads again."""
+    key = new_key()
+    apply_now((str(uuid.uuid4()), key, 1))
+    cache_redis.flushall()
+    old = Counter.objects.get(key=key)  # the reader's read (hook point: before its fill)
+    apply_now((str(uuid.uuid4()), key, 10))  # a batch commits and is applied meanwhile
+    assert cache.fill(key=key, durable=old.value, version=old.version, now=time.time()) is None
+    assert services.counter_get(key=key).value == 11  # the retried read is fresh
+
+
+def test_versions_skipped_drop_the_hash_and_the_next_read_is_exact(cache_redis):
+    key = new_key()
+    services.counter_get(key=key)
+    apply_now((str(uuid.uuid4()), key, 2))
+    # A batch whose apply never reached Redis (worker killed after commit, or cache down):
+    Counter.objects.filter(key=key).update(value=7, version=3)
+    apply_now((str(uuid.uuid4()), key, 1))  # version 4 arrives while the cache holds 1
+    assert services.counter_get(key=key).value == 8
+
+
+def test_reconcile_repairs_a_web_process_killed_between_publish_and_redis_update(
+    cache_redis, capsys
+):
+    key = new_key()
+    services.counter_get(key=key)
+    killed = str(uuid.uuid4())  # published, never bumped
+    apply_now((killed, key, 5))  # the worker applied it: tombstone left for the bump
+    assert services.counter_get(key=key).value == 5
+    assert cache_redis.hexists(cache.hash_key(key), f"a:{killed}")
+    # Drift of another kind: a pending entry whose delta the ledger shows as applied.
+    counted_twice = str(uuid.uuid4())
+    apply_now((counted_twice, key, 2))
+    cache_redis.hset(cache.hash_key(key), f"d:{counted_twice}", 2)
+    cache_redis.hincrby(cache.hash_key(key), "pending", 2)
+    assert services.counter_get(key=key).value == 9  # 7 + 2 counted twice
+
+    repairs = services.counter_reconcile(tombstone_age_s=0)
+    assert [(r.key, r.before, r.after) for r in repairs] == [(key, 9, 7)]
+    assert not cache_redis.hexists(cache.hash_key(key), f"a:{killed}")
+    assert services.counter_get(key=key) == services.CounterReading(7, 7, 0)
+    call_command("counters", "reconcile")
+    assert "reconciled: 0 counters repaired." in capsys.readouterr().out
+
+
+def test_ledger_prune_keeps_recent_ids_and_deletes_old_ones():
+    key = new_key()
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    apply_now((old, key, 1), (recent, key, 1))
+    AppliedDelta.objects.filter(delta_id=old).update(applied_at=timezone.now() - timedelta(days=8))
+    assert services.ledger_prune(older_than_s=7 * 24 * 3600) == 1
+    assert list(AppliedDelta.objects.values_list("delta_id", flat=True)) == [uuid.UUID(recent)]
+    assert Counter.objects.get(key=key).value == 2  # pruning the ledger never touches counters
+
+
+def test_ledger_retention_shorter_than_the_redelivery_window_fails_the_system_check(settings):
+    from django.core.management.base import SystemCheckError
+
+    settings.COUNTER_LEDGER_RETENTION_S = 600
+    with pytest.raises(SystemCheckError, match="COUNTER_LEDGER_RETENTION_S"):
+        call_command("check")
+
+
+def test_ephemeral_counters_live_in_redis_only(cache_redis):
+    assert services.counter_incr(key="active_readers:x", amount=2) == 2
+    assert services.counter_get(key="active_readers:x").value == 2
+    assert not Counter.objects.exists()
+    cache_redis.flushall()
+    assert services.counter_get(key="active_readers:x").value == 0  # lossy by design
