@@ -8,4 +8,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("", include("counters.urls")),
+    path("", include("orders.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
 ]

@@ -21,7 +21,7 @@ import re
 import traceback
 from typing import NoReturn
 
-from celery import Task
+from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry
 from django.conf import settings
 
@@ -66,7 +66,7 @@ def queue_of(routing_key: str) -> str:
     return DELAYED_ROUTING_KEY.sub("", routing_key)
 
 
-class DeliveryTask(Task):
+class DeliveryTask(DjangoTask):
     acks_late = True
     reject_on_worker_lost = True
     autoretry_for = TRANSIENT_ERRORS

@@ -3,8 +3,12 @@ Redis, and both brokers: RabbitMQ and a Redis broker."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
+import urllib.request
+import uuid
 from urllib.parse import urlparse
 
 import pytest
@@ -28,11 +32,49 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _amqp_url() -> str:
+def _amqp_base_url() -> str:
     configured = os.environ.get("CELERY_BROKER_URL", "")
     if configured.startswith(("amqp", "pyamqp")):
         return configured
     return os.environ.get("TEST_AMQP_URL", DEFAULT_AMQP_URL)
+
+
+def _management(method: str, path: str, body: dict | None = None) -> None:
+    base = urlparse(settings.RABBITMQ_MANAGEMENT_URL)
+    request = urllib.request.Request(
+        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"content-type": "application/json"},
+    )
+    token = base64.b64encode(f"{base.username}:{base.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url():
+    """RabbitMQ, in a virtual host of this test run's own (made through the management API), so
+    two runs on one broker never purge each other's queues; the default vhost if that fails."""
+    base = _amqp_base_url()
+    if not _reachable(base):
+        yield base
+        return
+    vhost = f"test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    user = urlparse(base).username or "guest"
+    try:
+        _management("PUT", f"vhosts/{vhost}")
+        _management("PUT", f"permissions/{vhost}/{user}",
+                    {"configure": ".*", "write": ".*", "read": ".*"})  # fmt: skip
+    except OSError:
+        yield base
+        return
+    parsed = urlparse(base)
+    yield parsed._replace(path=f"/{vhost}").geturl()
+    try:
+        _management("DELETE", f"vhosts/{vhost}")
+    except OSError:
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +95,7 @@ def redis_broker_url(tmp_path_factory):
 @pytest.fixture(params=["amqp", "redis"])
 def broker_url(request) -> str:
     """Each broker-dependent test runs on every broker; with CI=true a missing one fails."""
-    url = _amqp_url() if request.param == "amqp" else request.getfixturevalue("redis_broker_url")
+    url = request.getfixturevalue("amqp_url" if request.param == "amqp" else "redis_broker_url")
     if not _reachable(url):
         message = f"{request.param} broker not reachable at {url}"
         if os.environ.get("CI") == "true":

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -142,8 +143,9 @@ def unacked_count(broker_url: str, queue_name: str) -> int:
     if broker_url.startswith("redis"):
         with Connection(broker_url) as conn:
             return conn.channel().client.hlen("unacked")
+    vhost = urllib.parse.unquote(urllib.parse.urlparse(broker_url).path[1:]) or "/"
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "name",
+        ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "-p", vhost, "name",
          "messages_unacknowledged"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip

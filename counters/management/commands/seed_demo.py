@@ -3,6 +3,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from counters.models import Article
+from orders.models import Account, Product
+from orders.services import account_deposit
 
 DEMO_ARTICLES = [
     ("redis-is-not-the-truth", "Redis is not the truth",
@@ -12,6 +14,11 @@ DEMO_ARTICLES = [
     ("dead-letters-are-visible", "Dead letters are visible",
      "A delta that cannot be applied ends in the dead-letter queue and table, replayable."),
 ]  # fmt: skip
+DEMO_PRODUCTS = [
+    ("mug", "Queue mug", 1200, 50),
+    ("tee", "Ledger T-shirt", 2500, 30),
+    ("sticker", "Redis-is-not-the-truth sticker", 300, 500),
+]
 
 
 class Command(BaseCommand):
@@ -32,3 +39,12 @@ class Command(BaseCommand):
         for slug, title, body in DEMO_ARTICLES:
             Article.objects.get_or_create(slug=slug, defaults={"title": title, "body": body})
         self.stdout.write(f"{len(DEMO_ARTICLES)} demo articles")
+        for sku, name, price, stock in DEMO_PRODUCTS:
+            Product.objects.get_or_create(sku=sku, defaults={"name": name, "price": price,
+                                                             "stock": stock})  # fmt: skip
+        account, created = Account.objects.get_or_create(
+            owner=user, name="Demo account", defaults={"balance": 0}
+        )
+        if created:
+            account_deposit(account_id=account.pk, amount=100_000, idempotency_key="seed-demo")
+        self.stdout.write(f"{len(DEMO_PRODUCTS)} demo products, account {account.pk}")

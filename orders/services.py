@@ -1,0 +1,237 @@
+"""Orders, payments and balances: PostgreSQL first, then the cache and the follow-up tasks.
+
+Each service runs in ONE transaction that locks what it changes in a fixed order (the account,
+then the products by primary key, then the order), so concurrent calls serialize instead of
+deadlocking, and a balance or a stock never goes below zero (also a CHECK constraint). Only after
+the commit (``transaction.on_commit``) are the cached copies written through and the follow-up
+tasks dispatched (``delay_on_commit``; counter increments defer themselves): a transaction that
+rolls back caches nothing and dispatches nothing.
+
+Every call carries an idempotency key: the first answer (status and body) is stored in the same
+transaction, and a retry with the same key and the same input gets that answer again and changes
+nothing; the same key with other input is refused (``IdempotencyConflict``). A concurrent retry
+waits on the key's unique index until the first call commits, then replays its answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from counters.services import counter_incr
+
+from . import cache
+from .models import Account, IdempotencyRecord, Order, OrderLine, Payment, Product
+from .selectors import account_data, order_data
+
+MAX_QTY = 1000
+MAX_LINES = 50
+
+
+class OrderInputError(ValueError):
+    """Invalid input (HTTP 400): nothing was written."""
+
+
+class IdempotencyConflict(Exception):
+    """The key was used before with other input (HTTP 422)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # 201 created, 200 done, 409 refused (balance, stock, state)
+    body: dict
+    replayed: bool = False
+
+
+def _fingerprint(operation: str, payload: dict) -> str:
+    return hashlib.sha256(json.dumps([operation, payload], sort_keys=True).encode()).hexdigest()
+
+
+def _idempotent(*, scope: str, key: str, operation: str, payload: dict,
+                run: Callable[[], tuple[int, dict]]) -> Outcome:  # fmt: skip
+    if not isinstance(key, str) or not 1 <= len(key) <= 200:
+        raise OrderInputError("Idempotency-Key must be 1 to 200 characters")
+    fingerprint = _fingerprint(operation, payload)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Claim the key. A concurrent call with the same key blocks here until the first
+            # one commits (then conflicts and replays below) or rolls back (then claims it).
+            cursor.execute(
+                "INSERT INTO orders_idempotencyrecord "
+                "(scope, key, fingerprint, status_code, response, created_at) "
+                "VALUES (%s, %s, %s, 0, 'null', now()) "
+                "ON CONFLICT (scope, key) DO NOTHING RETURNING id",
+                [scope, key, fingerprint],
+            )
+            claimed = cursor.fetchone()
+        if claimed is None:
+            record = IdempotencyRecord.objects.get(scope=scope, key=key)
+            if record.fingerprint != fingerprint:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was already used with a different request"
+                )
+            return Outcome(record.status_code, record.response, replayed=True)
+        status, body = run()
+        IdempotencyRecord.objects.filter(pk=claimed[0]).update(status_code=status, response=body)
+    return Outcome(status, body)
+
+
+def _account_cache_after_commit(account: Account) -> None:
+    data = account_data(account)
+    transaction.on_commit(lambda: cache.write_through_quietly(
+        kind="account", obj_id=account.pk, version=account.version, data=data))  # fmt: skip
+
+
+def _order_cache_after_commit(order: Order) -> None:
+    data = order_data(order)
+    transaction.on_commit(lambda: cache.write_through_quietly(
+        kind="order", obj_id=order.pk, version=order.version, data=data))  # fmt: skip
+
+
+def _parse_lines(lines: object) -> dict[str, int]:
+    if not isinstance(lines, list) or not 1 <= len(lines) <= MAX_LINES:
+        raise OrderInputError(f"lines must be a list of 1 to {MAX_LINES} items")
+    wanted: dict[str, int] = {}
+    for line in lines:
+        if not isinstance(line, dict) or set(line) != {"sku", "qty"}:
+            raise OrderInputError('each line must be {"sku": ..., "qty": ...}')
+        sku, qty = line["sku"], line["qty"]
+        if not isinstance(sku, str) or not sku:
+            raise OrderInputError("sku must be a non-empty string")
+        if isinstance(qty, bool) or not isinstance(qty, int) or not 1 <= qty <= MAX_QTY:
+            raise OrderInputError(f"qty must be an integer from 1 to {MAX_QTY}")
+        wanted[sku] = wanted.get(sku, 0) + qty
+    return wanted
+
+
+def _existing_account(account_id: object) -> int:
+    if isinstance(account_id, bool) or not isinstance(account_id, int):
+        raise OrderInputError("account must be an integer id")
+    if not Account.objects.filter(pk=account_id).exists():
+        raise Account.DoesNotExist(f"no account {account_id}")
+    return account_id
+
+
+def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> Outcome:
+    """Debit the account, take the stock, create the order and its payment: all or nothing."""
+    account_id = _existing_account(account_id)
+    wanted = _parse_lines(lines)
+    products = {p.sku: p for p in Product.objects.filter(sku__in=wanted)}
+    unknown = sorted(set(wanted) - set(products))
+    if unknown:
+        raise OrderInputError(f"unknown sku: {', '.join(unknown)}")
+
+    def run() -> tuple[int, dict]:
+        account = Account.objects.select_for_update().get(pk=account_id)
+        locked = list(
+            Product.objects.select_for_update().filter(sku__in=wanted).order_by("pk")
+        )  # lock order: account, then products by primary key
+        total = sum(p.price * wanted[p.sku] for p in locked)
+        if account.balance < total:
+            return 409, {"error": f"insufficient balance: {account.balance} < {total}"}
+        short = [p.sku for p in locked if p.stock < wanted[p.sku]]
+        if short:
+            return 409, {"error": f"insufficient stock: {', '.join(short)}"}
+        account.balance -= total
+        account.version += 1
+        account.save(update_fields=["balance", "version"])
+        for product in locked:
+            product.stock -= wanted[product.sku]
+            product.version += 1
+        Product.objects.bulk_update(locked, ["stock", "version"])
+        order = Order.objects.create(account=account, total=total)
+        OrderLine.objects.bulk_create(
+            OrderLine(order=order, product=p, qty=wanted[p.sku], unit_price=p.price) for p in locked
+        )
+        Payment.objects.create(account=account, order=order, kind=Payment.Kind.ORDER_DEBIT,
+                               amount=-total)  # fmt: skip
+        _after_commit_order(
+            order=order, account=account, sold={p.sku: wanted[p.sku] for p in locked}
+        )
+        return 201, order_data(order)
+
+    return _idempotent(scope=f"account:{account_id}", key=idempotency_key, operation="order_place",
+                       payload={"account": account_id, "lines": wanted}, run=run)  # fmt: skip
+
+
+def _after_commit_order(*, order: Order, account: Account, sold: dict[str, int]) -> None:
+    from .tasks import send_order_confirmation
+
+    _account_cache_after_commit(account)
+    _order_cache_after_commit(order)
+    send_order_confirmation.delay_on_commit(order.pk)
+    # Durable counters defer themselves to the commit inside a transaction (G2b).
+    counter_incr(key="orders_placed:all")
+    for sku, qty in sold.items():
+        counter_incr(key=f"product_units_sold:{sku.lower()}", amount=qty)
+
+
+def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
+    """Refund the balance and restock, once."""
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        raise Order.DoesNotExist(f"no order {order_id}")
+
+    def run() -> tuple[int, dict]:
+        account = Account.objects.select_for_update().get(pk=order.account_id)
+        lines = list(order.lines.all())
+        products = list(
+            Product.objects.select_for_update().filter(pk__in=[ln.product_id for ln in lines])
+            .order_by("pk")
+        )  # fmt: skip
+        locked = Order.objects.select_for_update().get(pk=order_id)
+        if locked.status == Order.Status.CANCELLED:
+            return 409, {"error": f"order {order_id} is already cancelled"}
+        qty = {ln.product_id: ln.qty for ln in lines}
+        for product in products:
+            product.stock += qty[product.pk]
+            product.version += 1
+        Product.objects.bulk_update(products, ["stock", "version"])
+        account.balance += locked.total
+        account.version += 1
+        account.save(update_fields=["balance", "version"])
+        locked.status = Order.Status.CANCELLED
+        locked.version += 1
+        locked.save(update_fields=["status", "version"])
+        Payment.objects.create(account=account, order=locked, kind=Payment.Kind.REFUND,
+                               amount=locked.total)  # fmt: skip
+        _account_cache_after_commit(account)
+        _order_cache_after_commit(locked)
+        return 200, order_data(locked)
+
+    return _idempotent(scope=f"account:{order.account_id}", key=idempotency_key,
+                       operation="order_cancel", payload={"order": order_id}, run=run)  # fmt: skip
+
+
+def account_deposit(*, account_id: int, amount: int, idempotency_key: str) -> Outcome:
+    account_id = _existing_account(account_id)
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= 10**9:
+        raise OrderInputError("amount must be an integer from 1 to 1000000000 (minor units)")
+
+    def run() -> tuple[int, dict]:
+        account = Account.objects.select_for_update().get(pk=account_id)
+        account.balance += amount
+        account.version += 1
+        account.save(update_fields=["balance", "version"])
+        Payment.objects.create(account=account, kind=Payment.Kind.DEPOSIT, amount=amount)
+        _account_cache_after_commit(account)
+        return 200, account_data(account)
+
+    return _idempotent(
+        scope=f"account:{account_id}", key=idempotency_key, operation="account_deposit",
+        payload={"amount": amount}, run=run,
+    )  # fmt: skip
+
+
+def idempotency_prune(*, older_than_s: int | None = None) -> int:
+    age = older_than_s if older_than_s is not None else settings.IDEMPOTENCY_KEY_TTL_S
+    cutoff = timezone.now() - timedelta(seconds=age)
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,50 @@
+"""Follow-up tasks of an order run on real workers under the shared delivery policy."""
+
+import uuid
+
+import pytest
+
+from orders import services
+from tasks.models import DeadLetter
+
+from ..helpers import celery_worker, publishing_to, settle, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MAIL_ENV = {"EMAIL_BACKEND": "tests.mail.FlakyBackend", "TASK_RETRY_BACKOFF_BASE": "0.5"}
+
+
+def test_confirmation_mail_retries_while_the_mail_server_is_down_then_is_sent(
+    broker_url, database_url, cache_redis, worker_log_dir, account, product
+):
+    cache_redis.set("test:mail-down", 1)
+    with publishing_to(broker_url), celery_worker(
+        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
+        queues="orders", env=MAIL_ENV,
+    ):  # fmt: skip
+        order_id = services.order_place(account_id=account.pk, lines=[{"sku": "mug", "qty": 1}],
+                                        idempotency_key=uuid.uuid4().hex).body["id"]  # fmt: skip
+        wait_for(lambda: int(cache_redis.get("test:mail-failures") or 0) >= 2,
+                 what="two failed attempts")  # fmt: skip
+        cache_redis.delete("test:mail-down")
+        sent = wait_for(lambda: cache_redis.lrange("test:mail-sent", 0, -1), what="the mail")
+        settle(broker_url, "orders")
+    assert sent == [f"Order {order_id} placed".encode()]
+    assert not DeadLetter.objects.exists()
+
+
+def test_confirmation_for_an_order_that_does_not_exist_dead_letters_at_once(
+    broker_url, database_url, cache_redis, worker_log_dir
+):
+    from project.celery import app
+
+    with publishing_to(broker_url), celery_worker(
+        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
+        queues="orders", env=MAIL_ENV,
+    ):  # fmt: skip
+        task_id = app.send_task("orders.send_confirmation", args=[424242]).id
+        letter = wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(),
+                          what="the dead letter")  # fmt: skip
+        settle(broker_url, "orders")
+    assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
+    assert letter.attempts == 1 and letter.queue == "orders"
+    assert "DoesNotExist" in letter.exception
