@@ -274,6 +274,8 @@ def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
             logger.warning("applied, but the cache was not updated: %r", exc)
     for delta_id, key, amount in inserted:
         logger.info("delta %s %s %+d applied", delta_id, key, amount)
+    logger.info("batch committed: %d deltas, %d new, %d counters", len(deltas), len(inserted),
+                len(counter_rows))  # fmt: skip
     return len(inserted)
 
 
