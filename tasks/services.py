@@ -135,6 +135,16 @@ class DeadLetterError(Exception):
     """A dead-letter operation that cannot be done (unknown id, already replayed)."""
 
 
+def _lock_dead_letter(dead_letter_id: int) -> DeadLetter:
+    """The dead letter, row-locked, if it is still dead (not replayed or discarded)."""
+    letter = DeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
+    if letter is None:
+        raise DeadLetterError(f"no dead letter with id {dead_letter_id}")
+    if letter.status != DeadLetter.Status.DEAD:
+        raise DeadLetterError(f"dead letter {dead_letter_id} is already {letter.status}")
+    return letter
+
+
 def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
     """Publish the dead letter's task again (same id, same arguments) to its original queue.
 
@@ -145,11 +155,7 @@ def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
     from project.celery import app
 
     with transaction.atomic():
-        letter = DeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
-        if letter is None:
-            raise DeadLetterError(f"no dead letter with id {dead_letter_id}")
-        if letter.status != DeadLetter.Status.DEAD:
-            raise DeadLetterError(f"dead letter {dead_letter_id} is already {letter.status}")
+        letter = _lock_dead_letter(dead_letter_id)
         app.send_task(
             letter.task_name,
             args=letter.args,
@@ -164,11 +170,7 @@ def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
 
 def dead_letter_discard(*, dead_letter_id: int) -> DeadLetter:
     with transaction.atomic():
-        letter = DeadLetter.objects.select_for_update().filter(pk=dead_letter_id).first()
-        if letter is None:
-            raise DeadLetterError(f"no dead letter with id {dead_letter_id}")
-        if letter.status != DeadLetter.Status.DEAD:
-            raise DeadLetterError(f"dead letter {dead_letter_id} is already {letter.status}")
+        letter = _lock_dead_letter(dead_letter_id)
         letter.status = DeadLetter.Status.DISCARDED
         letter.save(update_fields=["status"])
     return letter
