@@ -1,11 +1,8 @@
 """Read-only questions about the counters pipeline: what is still in flight."""
 
-import base64
 import json
 import urllib.parse
-import urllib.request
 
-from django.conf import settings
 from kombu import Connection
 
 from project.celery import app
@@ -40,19 +37,10 @@ def _rabbitmq_pending(url: str) -> int:
 
     The management API's figures lag by its statistics interval (5 s by default); callers that
     need "nothing left" must see zero for longer than that (``counters drain`` does)."""
+    from tasks.selectors import rabbitmq_api
+
     vhost = urllib.parse.unquote(Connection(url).virtual_host or "/")
-    base = urllib.parse.urlsplit(settings.RABBITMQ_MANAGEMENT_URL)
-    if base.scheme not in ("http", "https"):
-        raise ValueError("RABBITMQ_MANAGEMENT_URL must be an http(s) URL")
-    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/queues/"
-        f"{urllib.parse.quote(vhost, safe='')}?columns=name,messages"
-    )
-    if base.username:
-        token = base64.b64encode(f"{base.username}:{base.password or ''}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (configured URL)
-        queues = json.load(response)
+    queues = rabbitmq_api(f"queues/{urllib.parse.quote(vhost, safe='')}?columns=name,messages")
     return sum(
         int(queue.get("messages") or 0)
         for queue in queues

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from project import metrics
 from project.celery import app
 from tasks.base import broker_kind, retry_countdown
 from tasks.models import DeadLetter
@@ -86,6 +87,7 @@ def counter_incr(*, key: str, amount: int = 1) -> int | None:
 def _durable_incr(*, key: str, amount: int) -> int:
     delta_id = str(uuid.uuid4())
     delta_publish(delta_id=delta_id, key=key, amount=amount)
+    metrics.increments.labels(namespace=key.split(":", 1)[0]).inc()
     # The delta is durable from here on; Redis only makes it visible sooner.
     try:
         value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
@@ -104,16 +106,18 @@ def _durable_incr(*, key: str, amount: int) -> int:
 
 
 def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | None = None,
-                  retries: int = 0) -> None:  # fmt: skip
+                  retries: int = 0, published_at: float | None = None) -> None:  # fmt: skip
     """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none."""
 
     try:
         app.send_task(
             APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id,
+            kwargs={"published_at": published_at or time.time()},
             countdown=countdown, retries=retries,
         )  # fmt: skip
     except Exception as exc:  # any publish failure means "not counted"
         logger.error("delta %s %s %+d NOT published: %r", delta_id, key, amount, exc)
+        metrics.publish_failures.inc()
         raise CounterUnavailable(f"the broker did not accept the delta: {exc}") from exc
 
 
@@ -141,6 +145,8 @@ def counter_get_many(*, keys: list[str]) -> dict[str, CounterReading]:
             logger.warning("cache unavailable, reading counters from PostgreSQL: %r", exc)
             cached = dict.fromkeys(durable_keys)
         missing = [key for key, hit in cached.items() if hit is None]
+        metrics.cache_reads.labels(result="hit").inc(len(durable_keys) - len(missing))
+        metrics.cache_reads.labels(result="miss").inc(len(missing))
         if missing:
             cached.update(counter_fill(keys=missing))
         # Just after a fill the hash may miss a batch committing right then (cache.py): check.
@@ -200,6 +206,7 @@ class IncomingDelta:
     args: list
     retries: int = 0
     deliveries: int = 1
+    published_at: float | None = None
 
 
 @dataclass
@@ -338,7 +345,12 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
     while groups:
         group = groups.pop(0)
         try:
-            delta_group_apply(deltas=[parsed for _, parsed in group])
+            started = time.monotonic()
+            new = delta_group_apply(deltas=[parsed for _, parsed in group])
+            metrics.apply_seconds.observe(time.monotonic() - started)
+            metrics.batch_size.observe(len(group))
+            metrics.deltas_applied.inc(new)
+            _record_lag([delta for delta, _ in group])
         except TRANSIENT_ERRORS as exc:
             connection.close()  # a broken connection must not be reused by the next batch
             for delta, _ in group:
@@ -351,6 +363,19 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
                 _dead_letter(group[0][0], DeadLetter.Reason.PERMANENT_ERROR, error,
                              traceback.format_exc(), outcome)  # fmt: skip
     return outcome
+
+
+def _record_lag(deltas: list[IncomingDelta]) -> None:
+    from tasks.selectors import lag_record
+
+    now = time.time()
+    lags = [now - d.published_at for d in deltas if d.published_at]
+    for lag in lags:
+        metrics.apply_lag_seconds.observe(lag)
+    try:
+        lag_record(lags=lags)
+    except redis.exceptions.RedisError:
+        pass  # the operations page loses a sample; nothing else depends on it
 
 
 def _uuids(values: list[str]) -> list[uuid.UUID]:
@@ -368,7 +393,8 @@ def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome
     countdown = retry_countdown(app=app, attempt=min(delta.retries, 16))
     try:
         delta_publish(delta_id=str(delta.args[0]), key=delta.args[1], amount=delta.args[2],
-                      countdown=countdown, retries=delta.retries + 1)  # fmt: skip
+                      countdown=countdown, retries=delta.retries + 1,
+                      published_at=delta.published_at)  # fmt: skip
         logger.warning("delta %s retry %d in %.1fs: %r", delta.message_id, delta.retries + 1,
                        countdown, exc)  # fmt: skip
     except CounterUnavailable:
@@ -379,16 +405,17 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
                  outcome: BatchOutcome) -> None:  # fmt: skip
 
     kind = broker_kind(app)
+    kwargs = {"published_at": delta.published_at} if delta.published_at else {}
     message = FailedMessage(
         task_id=delta.message_id, task_name=APPLY_TASK, queue="counters", args=list(delta.args),
-        kwargs={}, attempts=delta.retries + 1, deliveries=delta.deliveries, broker=kind,
+        kwargs=kwargs, attempts=delta.retries + 1, deliveries=delta.deliveries, broker=kind,
     )  # fmt: skip
     try:
         dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
         if kind == "redis":
             dead_letter_publish_task(
                 app=app, task_id=delta.message_id, task_name=APPLY_TASK, args=list(delta.args),
-                kwargs={}, retries=delta.retries, queue="counters", reason=reason,
+                kwargs=kwargs, retries=delta.retries, queue="counters", reason=reason,
                 exception=exception,
             )  # fmt: skip
     except TRANSIENT_ERRORS as exc:
@@ -398,6 +425,7 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
         logger.error("could not dead-letter delta %s yet: %r", delta.message_id, exc)
         return
     logger.error("delta %s dead-lettered (%s): %s", delta.message_id, reason, exception)
+    metrics.dead_letters.labels(reason=reason).inc()
     outcome.reject.append(delta.message_id)
 
 

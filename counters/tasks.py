@@ -54,6 +54,13 @@ class DeltaBatches(Batches):
         )
 
 
+def _float_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _redelivered(request) -> bool:
     delivery_info = request.delivery_info or {}
     return bool(
@@ -76,6 +83,7 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
             # RabbitMQ quorum queues count earlier deliveries; the Redis broker's are counted in
             # delta_batch_apply.
             deliveries=int(request.request_dict.get("x-delivery-count") or 0) + 1,
+            published_at=_float_or_none((request.kwargs or {}).get("published_at")),
         )
         for request in requests
     ]

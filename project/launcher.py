@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,12 @@ def build_env(state: Path) -> dict[str, str]:
     env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.base")
     env.setdefault("DJANGO_STATIC_ROOT", str(state / "static"))
     env["PYTHONUNBUFFERED"] = "1"
+    # Metrics of every web and worker process, aggregated by /metrics (prometheus-client's
+    # multiprocess mode); emptied at each start, as that mode requires.
+    metrics_dir = state / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     # Console scripts (gunicorn, celery) of this interpreter's environment come first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env

@@ -1,10 +1,20 @@
-"""Site-wide views: the home page and the health check."""
+"""Site-wide views: the home page, the health check, the operations page and metrics."""
+
+import os
 
 from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
 from django.core.cache import cache
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from project.celery import app as celery_app
 
@@ -49,3 +59,28 @@ def healthz(request):
     if failures:
         return JsonResponse({"status": "failing", "failed": failures}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+@staff_member_required
+def ops(request):
+    return render(request, "ops.html", {"flower_url": settings.FLOWER_URL})
+
+
+@staff_member_required
+def ops_status(request):
+    from tasks.selectors import ops_status as status
+
+    return JsonResponse(status())
+
+
+def metrics(request):
+    """Prometheus metrics: staff sessions, or ``Authorization: Bearer $METRICS_TOKEN``."""
+    token = settings.METRICS_TOKEN
+    bearer = request.headers.get("Authorization", "") == f"Bearer {token}" if token else False
+    if not (bearer or (request.user.is_authenticated and request.user.is_staff)):
+        return JsonResponse({"error": "authentication required"}, status=401)
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

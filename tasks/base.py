@@ -25,6 +25,8 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry
 from django.conf import settings
 
+from project import metrics
+
 from .models import DeadLetter
 from .policy import TRANSIENT_ERRORS, backoff_delay, is_transient
 from .services import (
@@ -189,6 +191,7 @@ class DeliveryTask(DjangoTask):
             ) from db_error
         if message.broker == "redis":
             self.publish_dead_letter(reason=reason, exception=exception)
+        metrics.dead_letters.labels(reason=reason).inc()
         logger.error(
             "task %s[%s] dead-lettered (%s) after %d attempts: %s",
             self.name,

@@ -175,6 +175,8 @@ CELERY_BEAT_SCHEDULE = {
 DJANGO_ADMIN_USER = env("DJANGO_ADMIN_USER", default="admin")
 DJANGO_ADMIN_PASSWORD = env("DJANGO_ADMIN_PASSWORD", default="")
 FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")
+# Bearer token a Prometheus server sends to /metrics (staff sessions need none); unset: staff only.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # --- Counters (counters/) ------------------------------------------------------------------------
 # Every counter namespace and its data class, in one place (design: "declared in settings").
