@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 from project.celery import app as celery_app
+from project.metrics import PendingCollector
 
 
 def home(request):
@@ -79,8 +80,12 @@ def metrics(request):
     bearer = request.headers.get("Authorization", "") == f"Bearer {token}" if token else False
     if not (bearer or (request.user.is_authenticated and request.user.is_staff)):
         return JsonResponse({"error": "authentication required"}, status=401)
-    registry = REGISTRY
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        output = generate_latest(registry)
+    else:
+        output = generate_latest(REGISTRY)
+    pending = CollectorRegistry()
+    pending.register(PendingCollector())
+    return HttpResponse(output + generate_latest(pending), content_type=CONTENT_TYPE_LATEST)

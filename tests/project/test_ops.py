@@ -63,4 +63,5 @@ def test_metrics_need_authentication_and_count_increments(staff, broker_url, cac
     body = Client(HTTP_AUTHORIZATION="Bearer scrape-me").get("/metrics").content.decode()
     assert 'counter_increments_total{namespace="article_likes"}' in body
     assert "delta_apply_seconds" in body and "counter_cache_reads_total" in body
+    assert "deltas_pending" in body
     assert staff.get("/metrics").status_code == 200
