@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format check-deploy clean
+.PHONY: run test bench lint format clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 ## The whole test suite, on real servers (embedded ones for unset *_URL variables).
 test: $(STAMP)
 	$(BIN)/python -m project.devservers exec -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Each path beside its baseline in one run; writes bench/results/latest.{json,png,md}.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

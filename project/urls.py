@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -14,3 +15,6 @@ urlpatterns = [
     path("", include("orders.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
 ]
+
+if settings.BENCH_VIEWS:  # `make bench` baselines only
+    urlpatterns.append(path("", include("bench.urls")))
