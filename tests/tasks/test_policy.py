@@ -55,7 +55,7 @@ def test_celery_is_configured_for_safe_delivery():
     timeout = conf.broker_transport_options["visibility_timeout"]
     assert conf.result_backend_transport_options["visibility_timeout"] == timeout
     assert conf.visibility_timeout == timeout
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.worker_send_task_events and not conf.task_send_sent_event
     assert {q.name for q in conf.task_queues} == {"counters", "orders", "default"}
     for queue in conf.task_queues:
         assert queue.queue_arguments["x-queue-type"] == "quorum"
