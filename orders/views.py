@@ -19,6 +19,10 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+class NotYourAccount(Exception):
+    """The account exists but belongs to someone else (HTTP 403)."""
+
+
 def _json_body(request) -> dict:
     try:
         payload = json.loads(request.body or b"{}")
@@ -50,6 +54,8 @@ def _api(method: str):
                 return _error(422, str(exc))
             except (Account.DoesNotExist, Order.DoesNotExist) as exc:
                 return _error(404, str(exc))
+            except NotYourAccount:
+                return _error(403, "this account is not yours")
 
         return wrapped
 
@@ -68,16 +74,12 @@ def _owned_account(user, account_id) -> Account:
     if account is None:
         raise Account.DoesNotExist(f"no account {account_id}")
     if not can_use_account(user, account):
-        raise PermissionError
+        raise NotYourAccount
     return account
 
 
 def _respond(outcome: services.Outcome) -> JsonResponse:
     return JsonResponse(outcome.body, status=outcome.status)
-
-
-def _forbidden() -> JsonResponse:
-    return _error(403, "this account is not yours")
 
 
 @_api("POST")
@@ -90,10 +92,7 @@ def orders_create(request, user):
     account_id = payload.get("account")
     if isinstance(account_id, bool) or not isinstance(account_id, int):
         raise services.OrderInputError("account must be an integer id")
-    try:
-        _owned_account(user, account_id)
-    except PermissionError:
-        return _forbidden()
+    _owned_account(user, account_id)
     outcome = services.order_place(
         account_id=account_id, lines=payload.get("lines"), idempotency_key=key
     )
@@ -105,10 +104,7 @@ def order_detail(request, user, order_id: int):
     data = selectors.order_get_cached(order_id=order_id)
     if data is None:
         raise Order.DoesNotExist(f"no order {order_id}")
-    try:
-        _owned_account(user, data["account"])
-    except PermissionError:
-        return _forbidden()
+    _owned_account(user, data["account"])
     return JsonResponse(data)
 
 
@@ -118,19 +114,13 @@ def order_cancel(request, user, order_id: int):
     order = Order.objects.filter(pk=order_id).first()
     if order is None:
         raise Order.DoesNotExist(f"no order {order_id}")
-    try:
-        _owned_account(user, order.account_id)
-    except PermissionError:
-        return _forbidden()
+    _owned_account(user, order.account_id)
     return _respond(services.order_cancel(order_id=order_id, idempotency_key=key))
 
 
 @_api("GET")
 def account_detail(request, user, account_id: int):
-    try:
-        _owned_account(user, account_id)
-    except PermissionError:
-        return _forbidden()
+    _owned_account(user, account_id)
     return JsonResponse(selectors.account_get_cached(account_id=account_id))
 
 
@@ -140,10 +130,7 @@ def account_deposit(request, user, account_id: int):
     payload = _json_body(request)
     if set(payload) != {"amount"}:
         raise services.OrderInputError('body must be {"amount": n}')
-    try:
-        _owned_account(user, account_id)
-    except PermissionError:
-        return _forbidden()
+    _owned_account(user, account_id)
     outcome = services.account_deposit(
         account_id=account_id, amount=payload["amount"], idempotency_key=key
     )

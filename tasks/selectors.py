@@ -26,18 +26,23 @@ LAG_SAMPLES_KEY = "ops:apply-lag"
 WORKERS_CACHE_S = 5
 
 
-def rabbitmq_api(path: str):
+def rabbitmq_api(path: str, *, method: str = "GET", body: dict | None = None):
+    """Call RabbitMQ's management HTTP API; the decoded JSON answer (None if it has no body)."""
     base = urllib.parse.urlsplit(settings.RABBITMQ_MANAGEMENT_URL)
     if base.scheme not in ("http", "https"):
         raise ValueError("RABBITMQ_MANAGEMENT_URL must be an http(s) URL")
     request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/{path}"
+        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"content-type": "application/json"},
     )
     if base.username:
         token = base64.b64encode(f"{base.username}:{base.password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-        return json.load(response)
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        content = response.read()
+    return json.loads(content) if content else None
 
 
 def queue_stats() -> dict[str, dict[str, int]]:

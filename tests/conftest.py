@@ -3,11 +3,8 @@ Redis, and both brokers: RabbitMQ and a Redis broker."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import socket
-import urllib.request
 import uuid
 from urllib.parse import urlparse
 
@@ -16,6 +13,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 
 from project import devservers
+from tasks.selectors import rabbitmq_api
 
 from .helpers import declare_and_purge
 
@@ -39,19 +37,6 @@ def _amqp_base_url() -> str:
     return os.environ.get("TEST_AMQP_URL", DEFAULT_AMQP_URL)
 
 
-def _management(method: str, path: str, body: dict | None = None) -> None:
-    base = urlparse(settings.RABBITMQ_MANAGEMENT_URL)
-    request = urllib.request.Request(
-        f"{base.scheme}://{base.hostname}:{base.port or 15672}/api/{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"content-type": "application/json"},
-    )
-    token = base64.b64encode(f"{base.username}:{base.password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    urllib.request.urlopen(request, timeout=10).close()
-
-
 @pytest.fixture(scope="session")
 def amqp_url():
     """RabbitMQ, in a virtual host of this test run's own (made through the management API), so
@@ -63,16 +48,16 @@ def amqp_url():
     vhost = f"test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     user = urlparse(base).username or "guest"
     try:
-        _management("PUT", f"vhosts/{vhost}")
-        _management("PUT", f"permissions/{vhost}/{user}",
-                    {"configure": ".*", "write": ".*", "read": ".*"})  # fmt: skip
+        rabbitmq_api(f"vhosts/{vhost}", method="PUT")
+        rabbitmq_api(f"permissions/{vhost}/{user}", method="PUT",
+                     body={"configure": ".*", "write": ".*", "read": ".*"})  # fmt: skip
     except OSError:
         yield base
         return
     parsed = urlparse(base)
     yield parsed._replace(path=f"/{vhost}").geturl()
     try:
-        _management("DELETE", f"vhosts/{vhost}")
+        rabbitmq_api(f"vhosts/{vhost}", method="DELETE")
     except OSError:
         pass
 
