@@ -54,7 +54,26 @@ APPLY_TASK = "counters.apply_deltas"
 
 
 class CounterUnavailable(RuntimeError):
-    """The broker did not confirm the delta: nothing was counted (HTTP 503)."""
+    """The broker did not confirm the delta (HTTP 503).
+
+    ``counted`` is False when the delta was cancelled (a ledger entry of amount 0 makes any late
+    copy of it a no-op: it will never be counted), None when even that could not be written
+    (PostgreSQL unreachable too): then the delta may still be counted, once.
+    """
+
+    def __init__(self, message: str, *, delta_id: str = "", counted: bool | None = False):
+        super().__init__(message)
+        self.delta_id = delta_id
+        self.counted = counted
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What an increment returned: the value after it (from Redis) and its delta id (None for
+    an ephemeral counter, or when deferred to the commit of the caller's transaction)."""
+
+    value: int | None
+    delta_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,26 +86,36 @@ class CounterReading:
 # --- write path -------------------------------------------------------------------------------
 
 
-def counter_incr(*, key: str, amount: int = 1) -> int | None:
-    """Count ``amount`` on ``key``; return the value after it (from Redis).
+def counter_incr(*, key: str, amount: int = 1) -> Increment:
+    """Count ``amount`` on ``key``; return the value after it (from Redis) and the delta's id.
 
     Raises InvalidCounter for a bad key or amount (nothing happens) and CounterUnavailable when
-    the broker does not confirm the delta (nothing is counted). Inside a database transaction the
-    increment is deferred to the commit (and dropped on rollback) and None is returned (G2b).
+    the broker does not confirm the delta (see there). Inside a database transaction the
+    increment is deferred to the commit (and dropped on rollback), and the value is None (G2b).
+    A deferred increment that fails at the commit is logged, never raised: the transaction it
+    follows has committed, and its caller must not see an error for it.
     """
     _, data_class = key_validate(key=key)
     amount = amount_validate(amount=amount)
     if data_class == EPHEMERAL:
-        return cache.ephemeral_incr(key=key, amount=amount)
+        return Increment(value=cache.ephemeral_incr(key=key, amount=amount))
     if connection.in_atomic_block:
-        transaction.on_commit(lambda: _durable_incr(key=key, amount=amount))
-        return None
+        transaction.on_commit(lambda: _durable_incr(key=key, amount=amount), robust=True)
+        return Increment(value=None)
     return _durable_incr(key=key, amount=amount)
 
 
-def _durable_incr(*, key: str, amount: int) -> int:
+def _durable_incr(*, key: str, amount: int) -> Increment:
     delta_id = str(uuid.uuid4())
-    delta_publish(delta_id=delta_id, key=key, amount=amount)
+    try:
+        delta_publish(delta_id=delta_id, key=key, amount=amount)
+    except CounterUnavailable as exc:
+        exc.delta_id = delta_id
+        if _delta_cancel(delta_id=delta_id, key=key):
+            raise
+        exc.counted = True  # applied already: the confirm was lost, the delta was not
+        logger.warning("delta %s was applied although its confirm failed", delta_id)
+    fault_point("kill_after_publish", keys={key})
     metrics.increments.labels(namespace=key.split(":", 1)[0]).inc()
     # The delta is durable from here on; Redis only makes it visible sooner.
     try:
@@ -99,10 +128,31 @@ def _durable_incr(*, key: str, amount: int) -> int:
                 value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
                 value = filled.value + amount if value is None else value
         logger.info("delta %s %s %+d published, value %s", delta_id, key, amount, value)
-        return int(value)
+        return Increment(value=int(value), delta_id=delta_id)
     except redis.exceptions.RedisError as exc:
         logger.warning("delta %s published but the cache is unavailable: %r", delta_id, exc)
-        return _durable_values(keys=[key])[key][0] + amount
+        return Increment(value=_durable_values(keys=[key])[key][0] + amount, delta_id=delta_id)
+
+
+def _delta_cancel(*, delta_id: str, key: str) -> bool:
+    """Make an unconfirmed delta a no-op wherever a copy of it may still be: a ledger entry of
+    amount 0 under its id. (A confirm can time out after the broker took the message, e.g. a
+    publisher blocked by a RabbitMQ memory alarm is let through when the alarm clears.)
+
+    True: cancelled, it will never be counted. False: it was applied already. Raises
+    CounterUnavailable with ``counted=None`` when PostgreSQL is unreachable too.
+    """
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(LEDGER_INSERT, [[delta_id], [key], [0]])
+            return bool(cursor.fetchall())
+    except TRANSIENT_ERRORS as exc:
+        connection.close()
+        logger.error("delta %s: could not cancel it either: %r", delta_id, exc)
+        raise CounterUnavailable(
+            "the broker did not confirm the delta and it could not be cancelled",
+            delta_id=delta_id, counted=None,
+        ) from exc  # fmt: skip
 
 
 def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | None = None,
@@ -110,10 +160,15 @@ def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | No
     """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none."""
 
     try:
+        fault_point("publish_twice", keys={key}, publish=lambda: app.send_task(
+            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id))  # fmt: skip
         app.send_task(
             APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id,
             kwargs={"published_at": published_at or time.time()},
             countdown=countdown, retries=retries,
+            # A blocked publisher (RabbitMQ memory alarm) gets an error, not a hung request.
+            timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
+            confirm_timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
         )  # fmt: skip
     except Exception as exc:  # any publish failure means "not counted"
         logger.error("delta %s %s %+d NOT published: %r", delta_id, key, amount, exc)

@@ -41,12 +41,18 @@ def counter_incr_view(request, key: str):
         return _error(405, "use POST")
     try:
         amount = _amount_from_body(request)
-        value = services.counter_incr(key=key, amount=amount)
+        increment = services.counter_incr(key=key, amount=amount)
     except InvalidCounter as exc:
         return _error(400, str(exc))
-    except services.CounterUnavailable:
-        return _error(503, "the increment was not counted: the queue is unavailable, try again")
-    return JsonResponse({"key": key, "value": value})
+    except services.CounterUnavailable as exc:
+        if exc.counted is None:
+            message = "the queue did not confirm the increment: it may or may not be counted"
+        else:
+            message = "the increment was not counted: the queue is unavailable, try again"
+        return JsonResponse(
+            {"error": message, "delta_id": exc.delta_id, "counted": exc.counted}, status=503
+        )
+    return JsonResponse({"key": key, "value": increment.value, "delta_id": increment.delta_id})
 
 
 @csrf_exempt  # a wrong-method POST gets the API's JSON 405, not the HTML CSRF page

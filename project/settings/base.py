@@ -200,6 +200,9 @@ COUNTER_MAX_AMOUNT = env.int("COUNTER_MAX_AMOUNT", default=1_000_000)
 # The apply worker flushes a batch at this many deltas or after this long, whichever comes first.
 COUNTER_BATCH_SIZE = env.int("COUNTER_BATCH_SIZE", default=500)
 COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)
+# Longest wait for the broker to take and confirm one delta before the increment answers 503
+# (a RabbitMQ memory alarm blocks publishers instead of refusing them).
+COUNTER_PUBLISH_TIMEOUT_S = env.float("COUNTER_PUBLISH_TIMEOUT_S", default=5.0)
 # Applied delta ids are kept this long to recognise a redelivered delta; must outlast the longest
 # redelivery window (the Redis broker's visibility timeout; a system check enforces it).
 COUNTER_LEDGER_RETENTION_S = env.int("COUNTER_LEDGER_RETENTION_S", default=7 * 24 * 3600)

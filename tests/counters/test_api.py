@@ -1,11 +1,13 @@
 """The counter HTTP API: its answers, and that bad input or a dead broker changes nothing (G6)."""
 
 import json
+import uuid
 
 import pytest
 from django.test import Client
 
 from counters import cache
+from counters.models import AppliedDelta
 
 from ..helpers import publishing_to, queue_depth
 
@@ -72,7 +74,11 @@ def test_unreachable_broker_is_a_503_and_nothing_is_counted(dead_broker, cache_r
     with publishing_to(dead_broker):
         response = post(client, "article_views:down", {"amount": 5})
     assert response.status_code == 503
-    assert "not counted" in response.json()["error"]
+    body = response.json()
+    assert "not counted" in body["error"] and body["counted"] is False
+    # Cancelled in the ledger: a copy of it that reached the broker after all is a no-op.
+    cancelled = AppliedDelta.objects.get(delta_id=body["delta_id"])
+    assert (cancelled.key, cancelled.amount) == ("article_views:down", 0)
     assert not list(cache_redis.scan_iter(match=cache.PREFIX + "*"))
     reading = client.get("/api/counters/article_views:down").json()
     assert reading == {"key": "article_views:down", "value": 0, "durable": 0, "pending": 0}
@@ -80,13 +86,13 @@ def test_unreachable_broker_is_a_503_and_nothing_is_counted(dead_broker, cache_r
 
 def test_increment_and_read_over_http(broker_url, cache_redis, client):
     with publishing_to(broker_url):
-        assert post(client, "article_likes:http").json() == {
-            "key": "article_likes:http",
-            "value": 1,
-        }
+        first = post(client, "article_likes:http").json()
         response = post(client, "article_likes:http", {"amount": 4})
+    assert first == {"key": "article_likes:http", "value": 1, "delta_id": first["delta_id"]}
     assert response.status_code == 200
-    assert response.json() == {"key": "article_likes:http", "value": 5}
+    second = response.json()
+    assert second == {"key": "article_likes:http", "value": 5, "delta_id": second["delta_id"]}
+    assert uuid.UUID(first["delta_id"]) != uuid.UUID(second["delta_id"])
     reading = client.get("/api/counters/article_likes:http").json()
     assert reading == {"key": "article_likes:http", "value": 5, "durable": 0, "pending": 5}
     assert queue_depth(broker_url, "counters") == 2  # no worker here: both deltas wait in the queue

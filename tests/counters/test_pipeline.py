@@ -27,7 +27,7 @@ def test_increments_reach_postgresql_exactly_once_and_cache_equals_database(work
     for i in range(60):
         key = keys[i % 3]
         amount = 1 if i % 5 else 3
-        value = services.counter_incr(key=key, amount=amount)
+        value = services.counter_incr(key=key, amount=amount).value
         expected[key] += amount
         assert value == expected[key]  # the caller sees its own increment at once
     drain()
@@ -57,7 +57,7 @@ def test_increment_inside_a_transaction_is_published_on_commit_and_never_on_roll
 
     kept, dropped = (f"article_views:tx-{uuid.uuid4().hex[:8]}" for _ in range(2))
     with transaction.atomic():
-        assert services.counter_incr(key=kept, amount=2) is None  # deferred to the commit
+        assert services.counter_incr(key=kept, amount=2).value is None  # deferred to the commit
         assert services.counter_get(key=kept).value == 0  # nothing visible before it
     with pytest.raises(RuntimeError), transaction.atomic():
         services.counter_incr(key=dropped, amount=5)
