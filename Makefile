@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint format clean
+.PHONY: run test test-faults bench lint format clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 ## The whole test suite, on real servers (embedded ones for unset *_URL variables).
 test: $(STAMP)
 	$(BIN)/python -m project.devservers exec -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The fault-injection suite: each scenario on both brokers, then the results table
+## (tests/faults/results/latest.md).
+test-faults: $(STAMP)
+	FAULT_SUITE=1 $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 ## Each path beside its baseline in one run; writes bench/results/latest.{json,png,md}.
 bench: $(STAMP)

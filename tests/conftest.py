@@ -19,6 +19,9 @@ from .helpers import declare_and_purge
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
+# The fault suite (minutes of injected faults) runs on its own: `make test-faults`.
+collect_ignore = [] if os.environ.get("FAULT_SUITE") == "1" else ["faults"]
+
 
 def _reachable(url: str) -> bool:
     parsed = urlparse(url)

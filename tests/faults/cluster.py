@@ -1,0 +1,277 @@
+"""One scenario's system: its own servers and the real processes of ``make run``.
+
+PostgreSQL is a copy of a migrated template data directory started on its own port; the cache
+Redis and (for the Redis broker) the broker Redis are servers of the scenario's own; RabbitMQ is
+the machine's, in a virtual host of the scenario's own. Web, counters worker and general worker
+are the commands of project/processes.py, so the suite tests what users run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from project import devservers
+from project.processes import process_commands
+from tasks.selectors import rabbitmq_api
+
+from ..helpers import BASE_DIR, wait_for
+
+# Short enough that the Redis broker's "main process killed" scenario drains in seconds; longer
+# than twice the test settings' largest retry countdown (2 s), as the system check requires.
+VISIBILITY_TIMEOUT_S = 10
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str]
+    ready: str
+    process: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, cwd=BASE_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        wait_for(
+            lambda: self.process.poll() is not None or self.ready in self.output()[offset:],
+            timeout=90, what=f"{self.name} to be ready",
+        )  # fmt: skip
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited:\n{self.output()[-3000:]}")
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def children(self) -> list[int]:
+        import psutil
+
+        try:
+            return [c.pid for c in psutil.Process(self.process.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the main process and its children."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@dataclass
+class Cluster:
+    root: Path
+    broker: str  # "amqp" or "redis"
+    template: Path  # a stopped, migrated PostgreSQL root (data directory inside)
+    amqp_base: str
+    faults: str = ""  # COUNTER_FAULTS
+    cache_extra: list[str] = field(default_factory=list)
+    procs: dict[str, Proc] = field(default_factory=dict)
+    servers: dict[str, devservers.Server] = field(default_factory=dict)
+    vhost: str = ""
+
+    # --- servers ----------------------------------------------------------------------------
+    def start_servers(self) -> None:
+        pg_root = self.root / "pg"
+        # cp -a keeps the owner: the embedded server runs as its own user when we are root.
+        subprocess.run(["cp", "-a", str(self.template), str(pg_root)], check=True)
+        self.pg_port = devservers.free_port()
+        self.servers["postgres"] = devservers.start_postgres(root=pg_root, port=self.pg_port)
+        self.cache_port = devservers.free_port()
+        self.start_cache()
+        if self.broker == "redis":
+            self.broker_port = devservers.free_port()
+            self.start_broker_redis()
+            self.broker_url = f"redis://127.0.0.1:{self.broker_port}/0"
+        else:
+            self.vhost = f"faults-{uuid.uuid4().hex[:8]}"
+            user = urllib.parse.urlparse(self.amqp_base).username or "guest"
+            rabbitmq_api(f"vhosts/{self.vhost}", method="PUT")
+            rabbitmq_api(f"permissions/{self.vhost}/{user}", method="PUT",
+                         body={"configure": ".*", "write": ".*", "read": ".*"})  # fmt: skip
+            self.broker_url = (
+                urllib.parse.urlparse(self.amqp_base)._replace(path=f"/{self.vhost}").geturl()
+            )
+
+    def start_cache(self) -> None:
+        self.servers["cache"] = devservers.start_redis(
+            root=self.root, role="cache", port=self.cache_port, extra=self.cache_extra
+        )
+
+    def start_broker_redis(self) -> None:
+        self.servers["broker"] = devservers.start_redis(
+            root=self.root, role="broker", port=self.broker_port
+        )
+
+    def start_postgres(self) -> None:
+        self.servers["postgres"] = devservers.start_postgres(root=self.root / "pg",
+                                                             port=self.pg_port)  # fmt: skip
+
+    @property
+    def database_url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.pg_port}/app"
+
+    @property
+    def cache_url(self) -> str:
+        return f"redis://127.0.0.1:{self.cache_port}/0"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+            "DJANGO_SETTINGS_MODULE": "project.settings.test",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.cache_url,
+            "CELERY_BROKER_URL": self.broker_url,
+            "COUNTER_FAULTS": self.faults,
+            "REDIS_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+            "DATABASE_CONNECT_TIMEOUT": "2",
+            "DATABASE_STATEMENT_TIMEOUT_MS": "5000",
+            "COUNTER_PUBLISH_TIMEOUT_S": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    # --- processes --------------------------------------------------------------------------
+    def start_processes(self) -> None:
+        self.web_port = devservers.free_port()
+        commands = process_commands(bind_host="127.0.0.1", web_port=self.web_port,
+                                    flower_port=0, state_dir=str(self.root))  # fmt: skip
+        quiet = ["--without-gossip", "--without-mingle"]
+        web = [sys.executable, "-m", *commands["web"], "--timeout", "20"]
+        web.remove("--access-logfile")
+        web.remove("-")
+        self.procs["web"] = Proc("web", web, self.root / "web.log", self.env(),
+                                 "Booting worker").start()  # fmt: skip
+        wait_for(lambda: self.http("GET", "/healthz", timeout=2)[0] in (200, 503), timeout=30,
+                 what="the web process to answer")  # fmt: skip
+        for name in ("counters-worker", "worker"):
+            self.start_worker(name, [sys.executable, "-m", *commands[name], *quiet])
+
+    def start_worker(self, name: str, argv: list[str] | None = None, *, as_name: str = "") -> Proc:
+        argv = argv or self.procs[name].argv
+        hostname = f"{as_name or name}-{uuid.uuid4().hex[:4]}@%h"
+        argv = [a for a in argv]
+        if "--hostname" in argv:
+            argv[argv.index("--hostname") + 1] = hostname
+        proc = Proc(as_name or name, argv, self.root / f"{as_name or name}.log", self.env(),
+                    " ready.")  # fmt: skip
+        self.procs[as_name or name] = proc.start()
+        return proc
+
+    def http(self, method: str, path: str, body: dict | None = None, *, timeout: float = 5,
+             headers: dict | None = None) -> tuple[int, dict]:  # fmt: skip
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
+        except (OSError, ValueError):
+            return 0, {}
+
+    # --- faults -----------------------------------------------------------------------------
+    def cache_client(self):
+        import redis
+
+        return redis.Redis.from_url(self.cache_url, socket_timeout=5)
+
+    def manage(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env(),
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    def pending(self) -> int:
+        """Messages not yet done in the work queues: ready, held by a worker (unacknowledged,
+        including retries waiting for their countdown)."""
+        if self.broker == "redis":
+            import redis
+
+            client = redis.Redis.from_url(self.broker_url)
+            try:
+                return sum(client.llen(q) for q in ("counters", "orders", "default")) + client.hlen(
+                    "unacked"
+                )
+            finally:
+                client.close()
+        out = subprocess.run(
+            ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "-p", self.vhost,
+             "name", "messages"],
+            capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+        total = 0
+        for line in out.splitlines():
+            name, _, count = line.partition("\t")
+            if name != "dead_letter" and count.strip().isdigit():
+                total += int(count)
+        return total
+
+    def drain(self, *, timeout: float = 240) -> float:
+        """Wait until every work queue is empty and nothing is held, twice in a row; seconds."""
+        started = time.monotonic()
+        zero_since = None
+        while True:
+            try:
+                pending = self.pending()
+            except Exception:
+                pending = -1
+            now = time.monotonic()
+            if pending == 0:
+                zero_since = zero_since or now
+                if now - zero_since >= 2:
+                    return round(zero_since - started, 1)
+            else:
+                zero_since = None
+            if now - started > timeout:
+                raise AssertionError(f"not drained after {timeout}s: {pending} pending")
+            time.sleep(0.5)
+
+    def db(self):
+        return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+        for server in self.servers.values():
+            with contextlib.suppress(Exception):
+                os.kill(server.process.pid, signal.SIGCONT)
+            server.stop()
+        if self.vhost:
+            with contextlib.suppress(OSError):
+                rabbitmq_api(f"vhosts/{self.vhost}", method="DELETE")
