@@ -77,7 +77,7 @@ def _check_counters(verdict: Verdict, incr: list[dict], db) -> None:
         str(args[0])
         for (args,) in db.execute(
             "SELECT args FROM tasks_deadletter WHERE task_name = %s", ["counters.apply_deltas"]
-        ).fetchall()  # fmt: skip
+        ).fetchall()
         if args
     }
     verdict.applied = len(applied)

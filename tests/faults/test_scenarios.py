@@ -274,9 +274,9 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         }  # fmt: skip
         (tmp_path / "load.json").write_text(json.dumps(config))
         with open(tmp_path / "load.log", "wb") as out:
-            load = subprocess.Popen([sys.executable, "-m", "tests.faults.load",
-                                     str(tmp_path / "load.json")], cwd=BASE_DIR,
-                                    env=cluster.env(), stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            argv = [sys.executable, "-m", "tests.faults.load", str(tmp_path / "load.json")]
+            load = subprocess.Popen(argv, cwd=BASE_DIR, env=cluster.env(), stdout=out,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
         wait_ok_ops(ops_log, WARM_OPS)
         with open(tmp_path / "harness.jsonl", "a") as harness_log:
             run = Run(cluster=cluster, keys=keys, special=special, log=harness_log)
