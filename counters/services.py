@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 DURABLE = "durable"
 EPHEMERAL = "ephemeral"
 APPLY_TASK = "counters.apply_deltas"
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                        "interval_max": 0.2}  # fmt: skip
 
 
 class CounterUnavailable(RuntimeError):
@@ -100,9 +102,17 @@ def counter_incr(*, key: str, amount: int = 1) -> Increment:
     if data_class == EPHEMERAL:
         return Increment(value=cache.ephemeral_incr(key=key, amount=amount))
     if connection.in_atomic_block:
-        transaction.on_commit(lambda: _durable_incr(key=key, amount=amount), robust=True)
+        transaction.on_commit(lambda: _deferred_incr(key=key, amount=amount), robust=True)
         return Increment(value=None)
     return _durable_incr(key=key, amount=amount)
+
+
+def _deferred_incr(*, key: str, amount: int) -> None:
+    try:
+        _durable_incr(key=key, amount=amount)
+    except CounterUnavailable as exc:
+        # Not acknowledged to anyone, so not a G1 loss; the transaction it followed stands.
+        logger.error("deferred increment of %s by %+d not counted: %s", key, amount, exc)
 
 
 def _durable_incr(*, key: str, amount: int) -> Increment:
@@ -169,6 +179,9 @@ def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | No
             # A blocked publisher (RabbitMQ memory alarm) gets an error, not a hung request.
             timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
             confirm_timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
+            # One retry (a pooled connection the broker closed is replaced), so a request waits
+            # at most about twice the timeout before its answer.
+            retry_policy=PUBLISH_RETRY_POLICY,
         )  # fmt: skip
     except Exception as exc:  # any publish failure means "not counted"
         logger.error("delta %s %s %+d NOT published: %r", delta_id, key, amount, exc)

@@ -20,7 +20,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -169,7 +168,8 @@ def _after_commit_order(*, order: Order, account: Account, sold: dict[str, int])
     _order_cache_after_commit(order)
     # robust: the order has committed by then; a broker that is down must not turn that into an
     # error for the client (the mail is lost: follow-ups have no outbox yet, see the README).
-    transaction.on_commit(partial(send_order_confirmation.delay, order.pk), robust=True)
+    # (A lambda, not functools.partial: Django's robust on_commit logs the callable's __qualname__.)
+    transaction.on_commit(lambda: send_order_confirmation.delay(order.pk), robust=True)
     # Durable counters defer themselves to the commit inside a transaction (G2b).
     counter_incr(key="orders_placed:all")
     for sku, qty in sold.items():

@@ -230,20 +230,23 @@ class Cluster:
                 )
             finally:
                 client.close()
-        out = subprocess.run(
+        done = subprocess.run(
             ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "-p", self.vhost,
              "name", "messages"],
             capture_output=True, text=True, timeout=60,
-        ).stdout  # fmt: skip
-        total = 0
-        for line in out.splitlines():
-            name, _, count = line.partition("\t")
-            if name != "dead_letter" and count.strip().isdigit():
-                total += int(count)
-        return total
+        )  # fmt: skip
+        counts = dict(line.split("\t", 1) for line in done.stdout.splitlines() if "\t" in line)
+        if done.returncode != 0 or "counters" not in counts:
+            raise RuntimeError(f"cannot count messages: {done.stderr.strip()[:200]}")
+        return sum(int(count) for name, count in counts.items() if name != "dead_letter")
 
     def drain(self, *, timeout: float = 240) -> float:
-        """Wait until every work queue is empty and nothing is held, twice in a row; seconds."""
+        """Wait until every work queue is empty and nothing is held, for long enough; seconds.
+
+        RabbitMQ's message counts (``rabbitmqctl list_queues``) are refreshed every 5 s, so
+        there "empty" must hold for longer than that; a count that cannot be read is not zero.
+        """
+        settle = 6.0 if self.broker == "amqp" else 2.0
         started = time.monotonic()
         zero_since = None
         while True:
@@ -254,7 +257,7 @@ class Cluster:
             now = time.monotonic()
             if pending == 0:
                 zero_since = zero_since or now
-                if now - zero_since >= 2:
+                if now - zero_since >= settle:
                     return round(zero_since - started, 1)
             else:
                 zero_since = None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import django
 
-HTTP_TIMEOUT_S = 8.0  # above COUNTER_PUBLISH_TIMEOUT_S: a 503 arrives before the client gives up
+HTTP_TIMEOUT_S = 15.0  # above twice COUNTER_PUBLISH_TIMEOUT_S (3 s here): a 503 comes first
 
 
 class Load:

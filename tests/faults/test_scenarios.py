@@ -37,7 +37,7 @@ class Run:
     def incr(self, key: str, amount: int = 1) -> None:
         """An increment sent by the harness itself, logged like the load's."""
         status, body = self.cluster.http("POST", f"/api/counters/{key}/incr", {"amount": amount},
-                                         timeout=8)  # fmt: skip
+                                         timeout=15)  # fmt: skip
         outcome = (
             "ok" if status == 200 else ("failed" if body.get("counted") is False else "unknown")
         )
