@@ -2,7 +2,8 @@
 
 ``cnt:<key>`` holds ``durable`` and ``version`` (the PostgreSQL row as last seen), ``pending``
 (the sum of the deltas acknowledged to callers and not yet applied, as far as this hash knows) and,
-per such delta, a field ``d:<delta id>`` with its amount. A read is ``durable + pending``.
+per such delta, a field ``d:<delta id>`` with ``<amount>@<time recorded>``. A read is
+``durable + pending``.
 
 Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) when it cannot be:
 
@@ -47,7 +48,7 @@ EPHEMERAL_PREFIX = "eph:"
 BUMP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1]) == 0 then
-  if redis.call('HSETNX', KEYS[1], 'd:' .. ARGV[1], ARGV[2]) == 1 then
+  if redis.call('HSETNX', KEYS[1], 'd:' .. ARGV[1], ARGV[2] .. '@' .. ARGV[3]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'pending', ARGV[2])
   end
 end
@@ -97,6 +98,12 @@ for i = 4, #ARGV, 2 do
 end
 return current
 """
+
+
+def pending_entry(value: str) -> tuple[int, float]:
+    """``(amount, recorded at)`` of a ``d:`` field (older entries hold only the amount)."""
+    amount, _, recorded = value.partition("@")
+    return int(amount), float(recorded or "inf")
 
 
 def client():

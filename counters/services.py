@@ -512,7 +512,8 @@ class Repair:
     detail: str
 
 
-def counter_reconcile(*, tombstone_age_s: float = 600.0) -> list[Repair]:
+def counter_reconcile(*, tombstone_age_s: float = 600.0,
+                      republish_after_s: float | None = None) -> list[Repair]:  # fmt: skip
     """Compare each cached counter with PostgreSQL + its pending deltas and repair the drift.
 
     Repairs: a ``durable``/``version`` older than the database (an ``apply`` that never reached
@@ -520,7 +521,17 @@ def counter_reconcile(*, tombstone_age_s: float = 600.0) -> list[Repair]:
     older than ``tombstone_age_s`` (left by a web process killed between its publish and its
     Redis update: the delta was counted by the worker, the bump never came). Optimistic: a hash
     that changes while it is being checked is checked again.
+
+    And it re-publishes, under their own ids, pending deltas recorded more than
+    ``republish_after_s`` ago (default ``COUNTER_REPUBLISH_AFTER_S``) that the ledger has not
+    applied and that were not dead-lettered. Such a delta was acknowledged, so its message must
+    exist; on the Redis broker it can be gone: kombu takes a message off the list (BRPOP) and
+    records it as unacknowledged in a second command, and a broker or worker that dies in between
+    loses it (the fault suite's broker restart found one). A copy of a delta that still exists
+    is absorbed by the ledger.
     """
+    if republish_after_s is None:
+        republish_after_s = settings.COUNTER_REPUBLISH_AFTER_S
     client = cache.client()
     repairs = []
     now = time.time()
@@ -537,6 +548,35 @@ def counter_reconcile(*, tombstone_age_s: float = 600.0) -> list[Repair]:
             if repair:
                 repairs.append(repair)
             break
+    return repairs + _republish_stranded(client=client, now=now, older_than_s=republish_after_s)
+
+
+def _republish_stranded(*, client, now: float, older_than_s: float) -> list[Repair]:
+    repairs = []
+    for raw_key in client.scan_iter(match=cache.PREFIX + "*", count=500):
+        key = raw_key.decode()[len(cache.PREFIX) :]
+        entries = {
+            f.decode()[2:]: cache.pending_entry(v.decode())
+            for f, v in client.hgetall(raw_key).items()
+            if f.startswith(b"d:")
+        }
+        old = {i: amount for i, (amount, at) in entries.items() if now - at > older_than_s}
+        if not old:
+            continue
+        ids = _uuids(list(old))
+        done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=ids)
+                .values_list("delta_id", flat=True)}  # fmt: skip
+        done |= set(DeadLetter.objects.filter(task_id__in=list(old))
+                    .values_list("task_id", flat=True))  # fmt: skip
+        stranded = {i: amount for i, amount in old.items() if i not in done}
+        for delta_id, amount in stranded.items():
+            delta_publish(delta_id=delta_id, key=key, amount=amount)
+            logger.warning("delta %s %s %+d re-published: pending since %.0fs, not applied",
+                           delta_id, key, amount, now - entries[delta_id][1])  # fmt: skip
+        if stranded:
+            total = sum(stranded.values())
+            detail = f"re-published {len(stranded)} stranded pending deltas"
+            repairs.append(Repair(key=key, before=total, after=total, detail=detail))
     return repairs
 
 
@@ -546,7 +586,7 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: f
         return None
     durable, version = int(fields["durable"]), int(fields["version"])
     pending_sum = int(fields.get("pending", 0))
-    entries = {f[2:]: int(v) for f, v in fields.items() if f.startswith("d:")}
+    entries = {f[2:]: cache.pending_entry(v)[0] for f, v in fields.items() if f.startswith("d:")}
     old_tombstones = [
         f for f, v in fields.items() if f.startswith("a:") and now - float(v) > tombstone_age_s
     ]

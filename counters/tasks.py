@@ -111,6 +111,13 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
     return {"reject": outcome.reject, "requeue": outcome.requeue}
 
 
+@shared_task(name="counters.reconcile")
+def reconcile_counters() -> int:
+    from .services import counter_reconcile
+
+    return len(counter_reconcile())
+
+
 @shared_task(name="counters.prune_ledger")
 def prune_ledger() -> int:
     return ledger_prune(older_than_s=settings.COUNTER_LEDGER_RETENTION_S)

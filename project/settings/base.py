@@ -203,6 +203,12 @@ COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)
 # Longest wait for the broker to take and confirm one delta before the increment answers 503
 # (a RabbitMQ memory alarm blocks publishers instead of refusing them).
 COUNTER_PUBLISH_TIMEOUT_S = env.float("COUNTER_PUBLISH_TIMEOUT_S", default=5.0)
+# `counters reconcile` (scheduled every COUNTER_RECONCILE_INTERVAL_S) re-publishes a pending delta
+# not applied after this long: the Redis broker can lose a message a worker was taking when it died.
+# Longer than the visibility timeout, after which the broker itself hands unacknowledged ones back.
+COUNTER_REPUBLISH_AFTER_S = env.float("COUNTER_REPUBLISH_AFTER_S",
+                                      default=2 * REDIS_BROKER_VISIBILITY_TIMEOUT)  # fmt: skip
+COUNTER_RECONCILE_INTERVAL_S = env.float("COUNTER_RECONCILE_INTERVAL_S", default=300.0)
 # Applied delta ids are kept this long to recognise a redelivered delta; must outlast the longest
 # redelivery window (the Redis broker's visibility timeout; a system check enforces it).
 COUNTER_LEDGER_RETENTION_S = env.int("COUNTER_LEDGER_RETENTION_S", default=7 * 24 * 3600)
@@ -217,6 +223,10 @@ RABBITMQ_MANAGEMENT_URL = env(
 # Fault injection points of the apply path, for the fault tests only (see counters/faults.py).
 COUNTER_FAULTS: dict[str, list[str]] = {}
 
+CELERY_BEAT_SCHEDULE["counters-reconcile"] = {
+    "task": "counters.reconcile",
+    "schedule": COUNTER_RECONCILE_INTERVAL_S,
+}
 CELERY_BEAT_SCHEDULE["counters-prune-ledger"] = {
     "task": "counters.prune_ledger",
     "schedule": 3600.0,

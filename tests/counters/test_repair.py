@@ -10,6 +10,9 @@ from django.utils import timezone
 
 from counters import cache, services
 from counters.models import AppliedDelta, Counter
+from tasks.models import DeadLetter
+
+from ..helpers import read_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,8 +119,44 @@ def test_ledger_retention_shorter_than_the_redelivery_window_fails_the_system_ch
 
 
 def test_ephemeral_counters_live_in_redis_only(cache_redis):
-    assert services.counter_incr(key="active_readers:x", amount=2) == 2
+    assert services.counter_incr(key="active_readers:x", amount=2).value == 2
     assert services.counter_get(key="active_readers:x").value == 2
     assert not Counter.objects.exists()
     cache_redis.flushall()
     assert services.counter_get(key="active_readers:x").value == 0  # lossy by design
+
+
+def test_reconcile_republishes_a_stranded_pending_delta_once_under_its_own_id(
+    broker, cache_redis, capsys
+):
+    """A delta acknowledged (recorded as pending) whose message the broker lost: reconcile
+    publishes it again under its id; applied, dead-lettered and recent ones are left alone."""
+    key = new_key()
+    services.counter_get(key=key)  # the hash exists
+    now = time.time()
+    stranded, applied, dead, recent = (str(uuid.uuid4()) for _ in range(4))
+    for delta_id, amount, age in ((stranded, 3, 100), (applied, 1, 100), (dead, 2, 100),
+                                  (recent, 4, 0)):  # fmt: skip
+        cache.bump(key=key, delta_id=delta_id, amount=amount, now=now - age)
+    apply_now((applied, key, 1))
+    DeadLetter.objects.create(
+        task_id=dead, task_name=services.APPLY_TASK, queue="counters", args=[dead, key, 2],
+        reason=DeadLetter.Reason.PERMANENT_ERROR, attempts=1, deliveries=1, broker="redis",
+        first_failed_at=timezone.now(), last_failed_at=timezone.now(),
+    )  # fmt: skip
+
+    call_command("counters", "reconcile", "--republish-after", "50")
+    assert "re-published 1 stranded pending deltas" in capsys.readouterr().out
+    messages = read_queue(broker, "counters")
+    assert [(m.headers["id"], m.headers["argsrepr"]) for m in messages] == [
+        (stranded, repr([stranded, key, 3]))
+    ]
+    # The pending entries stay until the worker applies the copy.
+    assert services.counter_get(key=key).value == 1 + 3 + 2 + 4
+
+
+def test_reconcile_refuses_a_negative_republish_age(capsys):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="0 or more"):
+        call_command("counters", "reconcile", "--republish-after", "-1")

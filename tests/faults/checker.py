@@ -29,6 +29,8 @@ class Verdict:
     dead_lettered: int = 0
     lost: int = 0
     doubled: int = 0
+    republished: int = 0  # stranded deltas `counters reconcile` published again after the drain
+    restarts: int = 0  # processes that died and were restarted (as compose's restart policy does)
     drain_s: float = 0.0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -43,14 +44,18 @@ class Proc:
     env: dict[str, str]
     ready: str
     process: subprocess.Popen | None = None
+    wanted: bool = True  # the supervisor restarts a wanted process that exits
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
 
     def start(self) -> Proc:
+        offset = len(self.output())
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv, cwd=BASE_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        offset = self.log.stat().st_size if self.log.exists() else 0
         wait_for(
             lambda: self.process.poll() is not None or self.ready in self.output()[offset:],
             timeout=90, what=f"{self.name} to be ready",
@@ -72,12 +77,14 @@ class Proc:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its children."""
+        self.wanted = False
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def stop(self) -> None:
+        self.wanted = False
         if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -97,8 +104,10 @@ class Cluster:
     faults: str = ""  # COUNTER_FAULTS
     cache_extra: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
+    restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
     vhost: str = ""
+    _supervising: bool = False
 
     # --- servers ----------------------------------------------------------------------------
     def start_servers(self) -> None:
@@ -175,6 +184,19 @@ class Cluster:
                  what="the web process to answer")  # fmt: skip
         for name in ("counters-worker", "worker"):
             self.start_worker(name, [sys.executable, "-m", *commands[name], *quiet])
+        self._supervising = True
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _supervise(self) -> None:
+        """Restart a process that exits on its own, as docker-compose's ``restart:
+        unless-stopped`` does (a Celery worker exits on an error it deems unrecoverable)."""
+        while self._supervising:
+            for proc in list(self.procs.values()):
+                if proc.wanted and proc.exited():
+                    self.restarts += 1
+                    with contextlib.suppress(Exception):
+                        proc.start()
+            time.sleep(0.5)
 
     def start_worker(self, name: str, argv: list[str] | None = None, *, as_name: str = "") -> Proc:
         argv = argv or self.procs[name].argv
@@ -269,6 +291,7 @@ class Cluster:
         return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
 
     def stop(self) -> None:
+        self._supervising = False
         for proc in reversed(list(self.procs.values())):
             proc.stop()
         for server in self.servers.values():

@@ -74,7 +74,7 @@ def record_result():
 
 
 COLUMNS = ["scenario", "broker", "ok", "failed", "unknown", "applied", "dead_lettered", "lost",
-           "doubled", "drain_s", "passed"]  # fmt: skip
+           "doubled", "republished", "restarts", "drain_s", "passed"]  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:

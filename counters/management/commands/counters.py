@@ -21,7 +21,13 @@ class Command(BaseCommand):
             "drain", help="wait until every acknowledged delta is applied or dead-lettered"
         )
         drain.add_argument("--timeout", type=float, default=60.0, help="seconds (exit 1 after)")
-        sub.add_parser("reconcile", help="repair drift between Redis and PostgreSQL + pending")
+        reconcile = sub.add_parser(
+            "reconcile", help="repair drift between Redis and PostgreSQL + pending; re-publish "
+            "stranded pending deltas",
+        )  # fmt: skip
+        reconcile.add_argument("--republish-after", type=float, default=None, metavar="S",
+                               help="re-publish pending deltas older than S seconds that are not "
+                               "applied (default: COUNTER_REPUBLISH_AFTER_S)")  # fmt: skip
 
     def handle(self, *args, action: str, **options):
         return getattr(self, f"do_{action}")(**options)
@@ -56,8 +62,10 @@ class Command(BaseCommand):
                 raise CommandError(f"not drained after {timeout:.0f}s: {pending} still pending")
             time.sleep(1.0)
 
-    def do_reconcile(self, **options) -> None:
-        repairs = services.counter_reconcile()
+    def do_reconcile(self, *, republish_after: float | None = None, **options) -> None:
+        if republish_after is not None and republish_after < 0:
+            raise CommandError("--republish-after must be 0 or more seconds")
+        repairs = services.counter_reconcile(republish_after_s=republish_after)
         for repair in repairs:
             self.stdout.write(f"{repair.key}: {repair.before} -> {repair.after} ({repair.detail})")
         self.stdout.write(f"reconciled: {len(repairs)} counters repaired.")
