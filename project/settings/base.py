@@ -148,10 +148,21 @@ TASK_MAX_DELIVERIES = env.int("TASK_MAX_DELIVERIES", default=5)
 # places, so it is set in all three.
 REDIS_BROKER_VISIBILITY_TIMEOUT = env.int("REDIS_BROKER_VISIBILITY_TIMEOUT", default=3600)
 CELERY_VISIBILITY_TIMEOUT = REDIS_BROKER_VISIBILITY_TIMEOUT
+# RabbitMQ: a blocking socket read or write gives up after this long. Without it a publisher
+# blocked by a memory alarm hangs for good: after its confirm times out, kombu closes the channel
+# and waits for an answer the blocked broker never sends (found by the fault suite).
+BROKER_SOCKET_TIMEOUT_S = env.float("BROKER_SOCKET_TIMEOUT_S", default=5.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": REDIS_BROKER_VISIBILITY_TIMEOUT,
     # RabbitMQ: wait for the broker's publisher confirm, so a publish that returned is durable.
     "confirm_publish": True,
+    "read_timeout": BROKER_SOCKET_TIMEOUT_S,
+    "write_timeout": BROKER_SOCKET_TIMEOUT_S,
+    # Redis: look for messages past their visibility timeout every 10 s. kombu's default scans
+    # only every 10th sweep (every ~100 s), which kept the fault suite's restored messages
+    # waiting 100 s after a broker restart; the scan is one ZRANGE on a small sorted set.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": REDIS_BROKER_VISIBILITY_TIMEOUT}
 

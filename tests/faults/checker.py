@@ -47,7 +47,11 @@ def read_history(*paths: Path) -> list[dict]:
     entries = []
     for path in paths:
         if path.exists():
-            entries += [json.loads(line) for line in path.read_text().splitlines() if line]
+            for line in path.read_text().splitlines():
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    continue  # the last line, still being written by the load process
     return entries
 
 

@@ -9,6 +9,7 @@ are the commands of project/processes.py, so the suite tests what users run.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -166,6 +167,7 @@ class Cluster:
             "DATABASE_CONNECT_TIMEOUT": "2",
             "DATABASE_STATEMENT_TIMEOUT_MS": "5000",
             "COUNTER_PUBLISH_TIMEOUT_S": "3",
+            "BROKER_SOCKET_TIMEOUT_S": "3",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -224,7 +226,7 @@ class Cluster:
                 return exc.code, json.loads(exc.read() or b"{}")
             except ValueError:
                 return exc.code, {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):
             return 0, {}
 
     # --- faults -----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ class Run:
     def incr(self, key: str, amount: int = 1) -> None:
         """An increment sent by the harness itself, logged like the load's."""
         status, body = self.cluster.http("POST", f"/api/counters/{key}/incr", {"amount": amount},
-                                         timeout=15)  # fmt: skip
+                                         timeout=20)  # fmt: skip
         outcome = (
             "ok" if status == 200 else ("failed" if body.get("counted") is False else "unknown")
         )
@@ -269,7 +269,9 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         (tmp_path / "load.json").write_text(json.dumps(config))
         with open(tmp_path / "load.log", "wb") as out:
             argv = [sys.executable, "-m", "tests.faults.load", str(tmp_path / "load.json")]
-            load = subprocess.Popen(argv, cwd=BASE_DIR, env=cluster.env(), stdout=out,
+            # The fault points are the servers' (web, workers), not the client's.
+            env = {**cluster.env(), "COUNTER_FAULTS": ""}
+            load = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out,
                                     stderr=subprocess.STDOUT)  # fmt: skip
         wait_ok_ops(ops_log, WARM_OPS)
         with open(tmp_path / "harness.jsonl", "a") as harness_log:
