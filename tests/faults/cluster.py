@@ -46,19 +46,26 @@ class Proc:
     ready: str
     process: subprocess.Popen | None = None
     wanted: bool = True  # the supervisor restarts a wanted process that exits
+    _offset: int = 0  # where this start's output begins in the log
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
 
     def start(self) -> Proc:
-        offset = len(self.output())
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> Proc:
+        self._offset = len(self.output())
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv, cwd=BASE_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+        return self
+
+    def wait_ready(self) -> Proc:
         wait_for(
-            lambda: self.process.poll() is not None or self.ready in self.output()[offset:],
+            lambda: self.process.poll() is not None or self.ready in self.output()[self._offset :],
             timeout=90, what=f"{self.name} to be ready",
         )  # fmt: skip
         if self.process.poll() is not None:
@@ -181,11 +188,13 @@ class Cluster:
         web.remove("--access-logfile")
         web.remove("-")
         self.procs["web"] = Proc("web", web, self.root / "web.log", self.env(),
-                                 "Booting worker").start()  # fmt: skip
+                                 "Booting worker").spawn()  # fmt: skip
+        for name in ("counters-worker", "worker"):  # all three start at once
+            self.start_worker(name, [sys.executable, "-m", *commands[name], *quiet], wait=False)
+        for proc in self.procs.values():
+            proc.wait_ready()
         wait_for(lambda: self.http("GET", "/healthz", timeout=2)[0] in (200, 503), timeout=30,
                  what="the web process to answer")  # fmt: skip
-        for name in ("counters-worker", "worker"):
-            self.start_worker(name, [sys.executable, "-m", *commands[name], *quiet])
         self._supervising = True
         threading.Thread(target=self._supervise, daemon=True).start()
 
@@ -200,7 +209,8 @@ class Cluster:
                         proc.start()
             time.sleep(0.5)
 
-    def start_worker(self, name: str, argv: list[str] | None = None, *, as_name: str = "") -> Proc:
+    def start_worker(self, name: str, argv: list[str] | None = None, *, as_name: str = "",
+                     wait: bool = True) -> Proc:  # fmt: skip
         argv = argv or self.procs[name].argv
         hostname = f"{as_name or name}-{uuid.uuid4().hex[:4]}@%h"
         argv = [a for a in argv]
@@ -208,7 +218,7 @@ class Cluster:
             argv[argv.index("--hostname") + 1] = hostname
         proc = Proc(as_name or name, argv, self.root / f"{as_name or name}.log", self.env(),
                     " ready.")  # fmt: skip
-        self.procs[as_name or name] = proc.start()
+        self.procs[as_name or name] = proc.start() if wait else proc.spawn()
         return proc
 
     def http(self, method: str, path: str, body: dict | None = None, *, timeout: float = 5,

@@ -22,7 +22,7 @@ from .cluster import Cluster
 
 PG_DOWN_S = 60  # the figure: longer than any retry countdown, so deltas wait and retry
 PG_HUNG_S = 10
-WARM_OPS = 40  # operations logged before the fault is injected
+WARM_OPS = 30  # operations logged before the fault is injected
 
 
 @dataclass
@@ -278,7 +278,7 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
             run = Run(cluster=cluster, keys=keys, special=special, log=harness_log)
             scenario.fault(run)
         recovered = time.time()
-        wait_ok_ops(ops_log, 20, after=recovered, timeout=180)  # the system works again
+        wait_ok_ops(ops_log, 15, after=recovered, timeout=180)  # the system works again
         stop_file.touch()
         load.wait(180)
         verdict.drain_s = cluster.drain()
