@@ -141,7 +141,18 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
         return Increment(value=int(value), delta_id=delta_id)
     except redis.exceptions.RedisError as exc:
         logger.warning("delta %s published but the cache is unavailable: %r", delta_id, exc)
-        return Increment(value=_durable_values(keys=[key])[key][0] + amount, delta_id=delta_id)
+        try:
+            return Increment(value=_durable_values(keys=[key])[key][0] + amount, delta_id=delta_id)
+        except TRANSIENT_ERRORS as db_exc:
+            connection.close()
+            logger.warning("delta %s published; no value to show: %r", delta_id, db_exc)
+            return Increment(value=None, delta_id=delta_id)
+    except TRANSIENT_ERRORS as exc:
+        # A cache miss needs PostgreSQL to refill, and it is down. The delta is counted all the
+        # same (it is in the broker); only the value after it is unknown.
+        connection.close()
+        logger.warning("delta %s published; no value to show: %r", delta_id, exc)
+        return Increment(value=None, delta_id=delta_id)
 
 
 def _delta_cancel(*, delta_id: str, key: str) -> bool:

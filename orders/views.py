@@ -1,6 +1,7 @@
 """Orders and accounts: JSON API (idempotent writes, cached reads) and the shop pages."""
 
 import json
+import logging
 import uuid
 
 from django.contrib import messages
@@ -10,9 +11,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from tasks.policy import TRANSIENT_ERRORS
+
 from . import selectors, services
 from .auth import CsrfFailed, NotAuthenticated, can_use_account, request_user
 from .models import Account, Order, Product
+
+logger = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -56,6 +61,13 @@ def _api(method: str):
                 return _error(404, str(exc))
             except NotYourAccount:
                 return _error(403, "this account is not yours")
+            except TRANSIENT_ERRORS:
+                # PostgreSQL is unreachable: nothing was committed, or the commit's answer was
+                # lost. Retrying with the same Idempotency-Key gives the one answer either way.
+                logger.warning("API %s %s: database unavailable", request.method, request.path,
+                               exc_info=True)  # fmt: skip
+                return _error(503, "the database is unavailable; retry with the same "
+                                   "Idempotency-Key")  # fmt: skip
 
         return wrapped
 

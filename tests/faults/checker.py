@@ -60,6 +60,10 @@ def check(*, verdict: Verdict, history: list[dict], db, initial_stock: dict[str,
     orders = [e for e in history if e["op"] == "order"]
     for entry in incr + orders:
         setattr(verdict, entry["outcome"], getattr(verdict, entry["outcome"]) + 1)
+    reads = [e for e in history if e["op"] == "read"]
+    errors = [e for e in incr + orders + reads if e.get("status") == 500]
+    if errors:  # a 500 is a traceback: every failure must have a clear answer
+        verdict.problems.append(f"{len(errors)} answers were HTTP 500, e.g. {errors[0]}")
     _check_counters(verdict, incr, db)
     _check_reads(verdict, history)
     _check_orders(verdict, orders, [e for e in history if e["op"] == "order_retry"], db,

@@ -168,6 +168,8 @@ class Load:
                     conn = None  # PostgreSQL is down: no floor to compare with
                     continue
                 status, body = self.http("GET", f"/api/counters/{key}")
+                if status == 500:
+                    self.record(op="read", key=key, status=status, outcome="error")
                 if status != 200:
                     continue
                 with self.lock:
