@@ -88,14 +88,20 @@ def table(rows: list[dict]) -> str:
 def pytest_terminal_summary(terminalreporter):
     if not _results:
         return
-    RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "latest.json").write_text(json.dumps(_results, indent=1) + "\n")
+    from .test_scenarios import SCENARIOS
+
+    # A partial run (-k) must not replace the full table the README shows.
+    full = len(_results) == 2 * len(SCENARIOS)
+    out = RESULTS_DIR if full else BASE_DIR / ".local" / "faults"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(_results, indent=1) + "\n")
     text = table(_results)
-    (RESULTS_DIR / "latest.md").write_text(
+    (out / "latest.md").write_text(
         "Fault suite (`make test-faults`): scenario x broker\n\n" + text + "\n"
     )
     terminalreporter.write_sep("=", "fault suite")
     terminalreporter.write_line(text)
+    terminalreporter.write_line(f"written to {out / 'latest.md'}")
     for row in _results:
         for problem in row["problems"]:
             terminalreporter.write_line(f"{row['scenario']}[{row['broker']}]: {problem}")
