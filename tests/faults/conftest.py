@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from project import devservers
+from tasks.selectors import rabbitmq_api
 
 from ..conftest import _amqp_base_url, _reachable
 from ..helpers import BASE_DIR
@@ -65,6 +66,12 @@ def amqp_base() -> str:
     url = _amqp_base_url()
     if not _reachable(url):
         pytest.fail(f"RabbitMQ not reachable at {url}: the fault suite needs both brokers")
+    try:
+        rabbitmq_api("overview")
+    except OSError as exc:
+        pytest.fail(f"RabbitMQ's management API is not reachable ({exc}): the suite makes a "
+                    "virtual host per scenario through it; `rabbitmq-plugins enable "
+                    "rabbitmq_management`")  # fmt: skip
     return url
 
 
