@@ -553,51 +553,46 @@ def counter_reconcile(*, tombstone_age_s: float = 600.0,
             with client.pipeline() as pipe:
                 try:
                     pipe.watch(hash_key)
-                    repair = _reconcile_one(pipe, hash_key, key, now, tombstone_age_s)
+                    repair, unapplied = _reconcile_one(pipe, hash_key, key, now, tombstone_age_s)
                 except redis.exceptions.WatchError:
                     continue
             if repair:
                 repairs.append(repair)
+            # Published after the optimistic loop, so a retried check never publishes twice.
+            old = {i: e for i, e in unapplied.items() if now - e[1] > republish_after_s}
+            if old and (repair := _republish_stranded(key=key, entries=old, now=now)):
+                repairs.append(repair)
             break
-    return repairs + _republish_stranded(client=client, now=now, older_than_s=republish_after_s)
-
-
-def _republish_stranded(*, client, now: float, older_than_s: float) -> list[Repair]:
-    repairs = []
-    for raw_key in client.scan_iter(match=cache.PREFIX + "*", count=500):
-        key = raw_key.decode()[len(cache.PREFIX) :]
-        entries = {
-            f.decode()[2:]: cache.pending_entry(v.decode())
-            for f, v in client.hgetall(raw_key).items()
-            if f.startswith(b"d:")
-        }
-        old = {i: amount for i, (amount, at) in entries.items() if now - at > older_than_s}
-        if not old:
-            continue
-        ids = _uuids(list(old))
-        done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=ids)
-                .values_list("delta_id", flat=True)}  # fmt: skip
-        done |= set(DeadLetter.objects.filter(task_id__in=list(old))
-                    .values_list("task_id", flat=True))  # fmt: skip
-        stranded = {i: amount for i, amount in old.items() if i not in done}
-        for delta_id, amount in stranded.items():
-            delta_publish(delta_id=delta_id, key=key, amount=amount)
-            logger.warning("delta %s %s %+d re-published: pending since %.0fs, not applied",
-                           delta_id, key, amount, now - entries[delta_id][1])  # fmt: skip
-        if stranded:
-            total = sum(stranded.values())
-            detail = f"re-published {len(stranded)} stranded pending deltas"
-            repairs.append(Repair(key=key, before=total, after=total, detail=detail))
     return repairs
 
 
+def _republish_stranded(*, key: str, entries: dict[str, tuple[int, float]],
+                        now: float) -> Repair | None:  # fmt: skip
+    """Publish again the ``entries`` (pending, not applied) that were not dead-lettered."""
+    dead = set(DeadLetter.objects.filter(task_id__in=list(entries))
+               .values_list("task_id", flat=True))  # fmt: skip
+    stranded = {i: e for i, e in entries.items() if i not in dead}
+    for delta_id, (amount, recorded_at) in stranded.items():
+        delta_publish(delta_id=delta_id, key=key, amount=amount)
+        logger.warning("delta %s %s %+d re-published: pending since %.0fs, not applied",
+                       delta_id, key, amount, now - recorded_at)  # fmt: skip
+    if not stranded:
+        return None
+    total = sum(amount for amount, _ in stranded.values())
+    detail = f"re-published {len(stranded)} stranded pending deltas"
+    return Repair(key=key, before=total, after=total, detail=detail)
+
+
 def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: float):
+    """Repair one hash; return the repair (or None) and its pending entries that the ledger does
+    not hold, as ``{delta id: (amount, recorded at)}``."""
     fields = {k.decode(): v.decode() for k, v in pipe.hgetall(hash_key).items()}
     if "durable" not in fields:
-        return None
+        return None, {}
     durable, version = int(fields["durable"]), int(fields["version"])
     pending_sum = int(fields.get("pending", 0))
-    entries = {f[2:]: cache.pending_entry(v)[0] for f, v in fields.items() if f.startswith("d:")}
+    recorded = {f[2:]: cache.pending_entry(v) for f, v in fields.items() if f.startswith("d:")}
+    entries = {i: amount for i, (amount, _) in recorded.items()}
     old_tombstones = [
         f for f, v in fields.items() if f.startswith("a:") and now - float(v) > tombstone_age_s
     ]
@@ -612,12 +607,13 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: f
         (db_value, db_version) if db_version >= version else (durable, version)
     )
     still_pending = {i: a for i, a in entries.items() if i not in applied}
+    unapplied = {i: recorded[i] for i in still_pending}
     new_pending = sum(still_pending.values())
     before, after = durable + pending_sum, new_durable + new_pending
     if (new_durable, new_version, new_pending) == (durable, version, pending_sum) and not (
         applied or old_tombstones
     ):
-        return None
+        return None, unapplied
     pipe.multi()
     pipe.hset(hash_key, mapping={"durable": new_durable, "version": new_version,
                                   "pending": new_pending})  # fmt: skip
@@ -629,4 +625,4 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: f
         f"database {db_value} (v{db_version}) + {len(still_pending)} pending ({new_pending}); "
         f"dropped {len(applied)} applied pending entries, {len(old_tombstones)} old tombstones"
     )
-    return Repair(key=key, before=before, after=after, detail=detail)
+    return Repair(key=key, before=before, after=after, detail=detail), unapplied

@@ -9,17 +9,13 @@ are the commands of project/processes.py, so the suite tests what users run.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +27,7 @@ from project.processes import process_commands
 from tasks.selectors import rabbitmq_api
 
 from ..helpers import BASE_DIR, wait_for
+from .load import http_json
 
 # Short enough that the Redis broker's "main process killed" scenario drains in seconds; longer
 # than twice the test settings' largest retry countdown (2 s), as the system check requires.
@@ -223,21 +220,8 @@ class Cluster:
 
     def http(self, method: str, path: str, body: dict | None = None, *, timeout: float = 5,
              headers: dict | None = None) -> tuple[int, dict]:  # fmt: skip
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.web_port}{path}", data=data, method=method,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                return exc.code, json.loads(exc.read() or b"{}")
-            except ValueError:
-                return exc.code, {}
-        except (OSError, ValueError, http.client.HTTPException):
-            return 0, {}
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        return http_json(method, url, body, headers=headers, timeout=timeout)
 
     # --- faults -----------------------------------------------------------------------------
     def cache_client(self):

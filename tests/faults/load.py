@@ -30,6 +30,27 @@ import django
 HTTP_TIMEOUT_S = 20.0
 
 
+def http_json(method: str, url: str, body: dict | None = None, *, headers: dict | None = None,
+              timeout: float) -> tuple[int, dict]:  # fmt: skip
+    """One JSON request: (status, decoded body); status 0 and ``{"exception": ...}`` when no
+    answer came (timeout, connection lost)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return 0, {"exception": repr(exc)}
+
+
 class Load:
     def __init__(self, config: dict):
         self.config = config
@@ -51,21 +72,7 @@ class Load:
 
     def http(self, method: str, path: str, body: dict | None = None,
              headers: dict | None = None) -> tuple[int, dict]:  # fmt: skip
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.base + path, data=data, method=method,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                return exc.code, json.loads(exc.read() or b"{}")
-            except ValueError:
-                return exc.code, {}
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            return 0, {"exception": repr(exc)}
+        return http_json(method, self.base + path, body, headers=headers, timeout=HTTP_TIMEOUT_S)
 
     # --- increments -------------------------------------------------------------------------
     def _pick(self, rng: random.Random) -> tuple[str, int]:
