@@ -34,6 +34,7 @@ from project.celery import app
 from tasks.base import broker_kind, retry_countdown
 from tasks.models import DeadLetter
 from tasks.policy import TRANSIENT_ERRORS
+from tasks.publisher import publisher_for
 from tasks.services import (
     FailedMessage,
     dead_letter_publish_task,
@@ -183,9 +184,16 @@ def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | No
     try:
         fault_point("publish_twice", keys={key}, publish=lambda: app.send_task(
             APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id))  # fmt: skip
+        kwargs = {"published_at": published_at or time.time()}
+        if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
+            # Shares confirms with the process's other requests (tasks/publisher.py).
+            publisher_for(app=app, queue_name="counters",
+                          timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S).publish(
+                name=APPLY_TASK, task_id=delta_id, args=[delta_id, key, amount], kwargs=kwargs,
+                retries=retries)  # fmt: skip
+            return
         app.send_task(
-            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id,
-            kwargs={"published_at": published_at or time.time()},
+            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, kwargs=kwargs,
             countdown=countdown, retries=retries,
             # A blocked publisher (RabbitMQ memory alarm) gets an error, not a hung request.
             timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,

@@ -12,6 +12,11 @@ increments = Counter("counter_increments", "Increments acknowledged to callers."
 publish_failures = Counter(
     "counter_publish_failures", "Increments refused because the broker did not confirm them."
 )
+publish_group_size = Histogram(
+    "publish_group_size",
+    "Messages published together before one wait for the broker's confirms (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 deltas_applied = Counter("deltas_applied", "Deltas newly applied to PostgreSQL.")
 batch_size = Histogram(
     "delta_batch_size", "Deltas per applied batch.", buckets=(1, 5, 10, 50, 100, 250, 500, 1000)

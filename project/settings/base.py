@@ -214,6 +214,10 @@ COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)
 # Longest wait for the broker to take and confirm one delta before the increment answers 503
 # (a RabbitMQ memory alarm blocks publishers instead of refusing them).
 COUNTER_PUBLISH_TIMEOUT_S = env.float("COUNTER_PUBLISH_TIMEOUT_S", default=5.0)
+# RabbitMQ: a process's concurrent increments share publisher confirms (one thread publishes them
+# all and reads the broker's acks; tasks/publisher.py). False: each request publishes on a pooled
+# connection and waits for its own confirm (the slower baseline `make bench` compares against).
+COUNTER_GROUP_COMMIT = env.bool("COUNTER_GROUP_COMMIT", default=True)
 # `counters reconcile` (scheduled every COUNTER_RECONCILE_INTERVAL_S) re-publishes a pending delta
 # not applied after this long: the Redis broker can lose a message a worker was taking when it died.
 # Longer than the visibility timeout, after which the broker itself hands unacknowledged ones back.
