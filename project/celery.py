@@ -2,7 +2,7 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.base")
 
@@ -19,3 +19,14 @@ def _install_bootsteps() -> None:
 
 
 _install_bootsteps()
+
+
+@signals.task_postrun.connect
+def _drop_failed_database_connections(**kwargs) -> None:
+    """Connections outlive tasks (CELERY_DB_REUSE_MAX); one that saw a database error is checked
+    and closed if broken (PostgreSQL restarted), so the next task does not inherit the error."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.errors_occurred:
+            conn.close_if_unusable_or_obsolete()

@@ -180,6 +180,11 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 # (13% of a web worker's time under load, py-spy; see the README's benchmark section), and the
 # workers' events already show every task in flight.
 CELERY_TASK_SEND_SENT_EVENT = False
+# Celery's Django fixup closes every database connection before and after each task unless this is
+# set: a new PostgreSQL connection (and its set-up transaction) for every batch of deltas, half
+# the commits `make bench` counted. Now a connection serves this many tasks; one that raised a
+# database error is dropped after its task (project/celery.py).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 CELERY_BEAT_SCHEDULE = {
     "beat-heartbeat": {"task": "tasks.beat_heartbeat", "schedule": 30.0},

@@ -66,14 +66,55 @@ def test_the_stale_fill_race_cannot_put_an_old_value_back(cache_redis):
     assert services.counter_get(key=key).value == 11  # the retried read is fresh
 
 
-def test_versions_skipped_drop_the_hash_and_the_next_read_is_exact(cache_redis):
+def test_applies_that_cross_are_replayed_in_version_order_without_a_refill(cache_redis):
+    """Two worker processes commit versions 2 and 3 of a counter; 3's apply reaches Redis first."""
+    key = new_key()
+    services.counter_get(key=key)
+    apply_now((str(uuid.uuid4()), key, 1))  # version 1
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    now = time.time()
+    cache.bump(key=key, delta_id=first, amount=2, now=now)
+    cache.bump(key=key, delta_id=second, amount=3, now=now)
+    Counter.objects.filter(key=key).update(value=6, version=3)  # both committed
+    cache.apply(rows=[(key, 6, 3)], deltas={key: [(second, 3)]}, now=now)
+    # Kept, not dropped: same reading, its deltas still pending.
+    assert cache_redis.hexists(cache.hash_key(key), "v:3")
+    hit = cache.read_many(keys=[key])[key]
+    assert (hit.durable, hit.pending) == (1, 5)
+    cache.apply(rows=[(key, 3, 2)], deltas={key: [(first, 2)]}, now=now)
+    fields = cache_redis.hgetall(cache.hash_key(key))
+    assert (fields[b"durable"], fields[b"version"], fields[b"pending"]) == (b"6", b"3", b"0")
+    assert not [f for f in fields if f.startswith((b"v:", b"d:", b"stashed"))]
+
+
+def test_a_lost_apply_drops_the_hash_after_a_while_and_the_next_read_is_exact(cache_redis):
     key = new_key()
     services.counter_get(key=key)
     apply_now((str(uuid.uuid4()), key, 2))
     # A batch whose apply never reached Redis (worker killed after commit, or cache down):
     Counter.objects.filter(key=key).update(value=7, version=3)
-    apply_now((str(uuid.uuid4()), key, 1))  # version 4 arrives while the cache holds 1
-    assert services.counter_get(key=key).value == 8
+    now = time.time()
+    cache.apply(rows=[(key, 8, 4)], deltas={}, now=now)  # version 4 while the cache holds 1
+    assert cache_redis.exists(cache.hash_key(key))  # kept: version 2 or 3 may still come
+    later = now + cache.STASH_AGE_S + 1
+    cache.apply(rows=[(key, 9, 5)], deltas={}, now=later)  # the gap is still open: lost
+    assert not cache_redis.exists(cache.hash_key(key))
+    Counter.objects.filter(key=key).update(value=9, version=5)
+    assert services.counter_get(key=key).value == 9
+
+
+def test_reconcile_removes_kept_applies_the_database_has_passed(cache_redis):
+    key = new_key()
+    services.counter_get(key=key)
+    apply_now((str(uuid.uuid4()), key, 1))
+    Counter.objects.filter(key=key).update(value=4, version=3)
+    cache.apply(rows=[(key, 4, 3)], deltas={}, now=time.time())
+    assert cache_redis.hexists(cache.hash_key(key), "v:3")
+    repairs = services.counter_reconcile()
+    assert [(r.key, r.before, r.after) for r in repairs] == [(key, 1, 4)]
+    fields = cache_redis.hgetall(cache.hash_key(key))
+    assert (fields[b"durable"], fields[b"version"]) == (b"4", b"3")
+    assert not [f for f in fields if f.startswith((b"v:", b"stashed"))]
 
 
 def test_reconcile_repairs_a_web_process_killed_between_publish_and_redis_update(
