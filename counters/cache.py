@@ -179,13 +179,27 @@ def fill(*, key: str, durable: int, version: int, now: float) -> int | None:
     return None if result is None else int(result)
 
 
+# KEYS the hashes; returns durable, pending, filled_at for each (nil where missing). One command
+# instead of a pipeline of HMGETs: redis-py packs and parses each command of a pipeline in Python,
+# which was most of the time of a 100-counter read (cProfile): 1.96 ms before, 0.66 ms with this.
+READ_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'durable', 'pending', 'filled_at')
+  out[3 * i - 2], out[3 * i - 1], out[3 * i] = v[1] or false, v[2] or false, v[3] or false
+end
+return out
+"""
+
+
 def read_many(*, keys: list[str]) -> dict[str, CachedCounter | None]:
     """One round trip for any number of counters; None where the hash is missing."""
-    pipe = client().pipeline(transaction=False)
-    for key in keys:
-        pipe.hmget(hash_key(key), "durable", "pending", "filled_at")
+    if not keys:
+        return {}
+    flat = _script(READ_MANY)(keys=[hash_key(key) for key in keys])
     result = {}
-    for key, (durable, pending, filled_at) in zip(keys, pipe.execute(), strict=True):
+    for index, key in enumerate(keys):
+        durable, pending, filled_at = flat[3 * index : 3 * index + 3]
         has_value = durable is not None and pending is not None
         result[key] = (
             CachedCounter(int(durable), int(pending), float(filled_at or 0)) if has_value else None
