@@ -176,20 +176,23 @@ class GroupPublisher:
         """Until the broker sends something (acks), a request hands over a message (``wake``),
         or ``timeout``."""
         sock = self._socket()
-        watch = [sock] if sock else []
+        # poll, not select: a process with more than 1024 open files may hold a higher fd.
+        poller = select.poll()
+        if sock is not None:
+            poller.register(sock, select.POLLIN)
         if wake:
-            watch.append(self._wake_r)
+            poller.register(self._wake_r, select.POLLIN)
             self._waiting = True
         try:
             if wake and not self._inbox.empty():  # handed over before the flag was seen
                 return
-            readable, _, _ = select.select(watch, [], [], timeout)
+            ready = {fd for fd, _ in poller.poll(timeout * 1000)}
         finally:
             self._waiting = False
-        if self._wake_r in readable:
+        if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
-        if sock is not None and (sock in readable or not readable):
+        if sock is not None and (sock.fileno() in ready or not ready):
             self._read_frames()
 
     def _socket(self):
