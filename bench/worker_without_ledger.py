@@ -19,15 +19,11 @@ def _apply_without_ledger(*, deltas: list[tuple[str, str, int]]) -> int:
 
     from counters import cache, services
 
-    sums: dict[str, int] = defaultdict(int)
     by_key: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for delta_id, key, amount in deltas:
-        sums[key] += amount
         by_key[key].append((delta_id, amount))
-    ordered = sorted(sums.items())
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(services.COUNTER_UPSERT, [[k for k, _ in ordered], [t for _, t in ordered]])
-        rows = cursor.fetchall()
+        rows = services.counters_add(cursor=cursor, deltas=deltas)
     cache.apply(rows=rows, deltas=by_key, now=time.time())
     return len(deltas)
 

@@ -335,6 +335,19 @@ RETURNING key, value, version
 """
 
 
+def counters_add(*, cursor, deltas) -> list[tuple[str, int, int]]:
+    """Add the deltas' (id, key, amount) sums per key to the counter rows in one upsert, rows in
+    key order; return the (key, value, version) of each row changed."""
+    sums: dict[str, int] = defaultdict(int)
+    for _, key, amount in deltas:
+        sums[key] += amount
+    if not sums:
+        return []
+    ordered = sorted(sums.items())
+    cursor.execute(COUNTER_UPSERT, [[k for k, _ in ordered], [t for _, t in ordered]])
+    return cursor.fetchall()
+
+
 def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
     """Apply deltas (id, key, amount) in ONE transaction; return how many were new."""
     keys = {key for _, key, _ in deltas}
@@ -346,14 +359,7 @@ def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
         cursor.execute(LEDGER_INSERT, [list(unique), [k for k, _ in unique.values()],
                                        [a for _, a in unique.values()]])  # fmt: skip
         inserted = cursor.fetchall()
-        sums: dict[str, int] = defaultdict(int)
-        for _, key, amount in inserted:
-            sums[key] += amount
-        counter_rows = []
-        if sums:
-            ordered = sorted(sums.items())
-            cursor.execute(COUNTER_UPSERT, [[k for k, _ in ordered], [t for _, t in ordered]])
-            counter_rows = cursor.fetchall()
+        counter_rows = counters_add(cursor=cursor, deltas=inserted)
         fault_point("kill_before_commit", keys=keys)
     fault_point("kill_after_commit", keys=keys)
     if counter_rows:

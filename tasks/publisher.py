@@ -68,7 +68,7 @@ class _Outgoing:
     content_encoding: str
     headers: dict
     properties: dict
-    deadline: float = 0.0  # for the confirm of its latest publish
+    deadline: float = 0.0  # for the confirm of its latest publish (set when published)
     future: Future = field(default_factory=Future)
     attempts: int = 0
     started: bool = False
@@ -113,7 +113,6 @@ class GroupPublisher:
         item = _Outgoing(
             task_id=task_id, body=payload, content_type=content_type,
             content_encoding=content_encoding, headers=headers, properties=properties,
-            deadline=time.monotonic() + self._timeout_s,
         )  # fmt: skip
         self._inbox.put(item)
         if self._waiting:
@@ -278,16 +277,15 @@ class GroupPublisher:
         if self._conn is not None:
             _discard(self._conn)
         self._conn = self._channel = None
-        if not retry:
-            self._fail(unconfirmed + self._retry, f"connection lost: {exc!r}")
-            self._retry = []
-            return
-        logger.warning("group publisher: connection lost, publishing %d messages again: %r",
-                       len(unconfirmed), exc)  # fmt: skip
-        again = [item for item in unconfirmed + self._retry if item.attempts < MAX_ATTEMPTS]
-        self._fail([item for item in unconfirmed + self._retry if item.attempts >= MAX_ATTEMPTS],
-                   f"connection lost: {exc!r}")  # fmt: skip
-        self._retry = again
+        pending, self._retry = unconfirmed + self._retry, []
+        for item in pending:
+            if retry and item.attempts < MAX_ATTEMPTS:
+                self._retry.append(item)
+            else:
+                _resolve(item, PublishNotConfirmed(f"connection lost: {exc!r}"))
+        if self._retry:
+            logger.warning("group publisher: connection lost, publishing %d messages again: %r",
+                           len(self._retry), exc)  # fmt: skip
 
     # --- broker callbacks (on this thread, from drain_events) ----------------------------------
 
@@ -296,10 +294,8 @@ class GroupPublisher:
             item = self._unconfirmed.pop(tag, None)
             return [item] if item else []
         settled = []
-        for t in list(self._unconfirmed):
-            if t > tag:
-                break
-            settled.append(self._unconfirmed.pop(t))
+        while self._unconfirmed and (first := next(iter(self._unconfirmed))) <= tag:
+            settled.append(self._unconfirmed.pop(first))
         return settled
 
     def _on_ack(self, tag: int, multiple: bool) -> None:

@@ -7,7 +7,7 @@ import signal
 import time
 
 from celery import shared_task
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django_redis import get_redis_connection
 
 
@@ -50,3 +50,11 @@ def kill_own_process(self, marker: str) -> None:
     """A poison message: kills the worker process that runs it, every time."""
     _redis().rpush(f"test:started:{marker}", os.getpid())
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.database_backend", bind=True)
+def database_backend(self, marker: str) -> None:
+    """Report the PostgreSQL backend serving this worker process's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        _redis().rpush(f"test:done:{marker}", cursor.fetchone()[0])

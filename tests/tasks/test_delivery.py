@@ -97,6 +97,33 @@ def test_permanent_error_dead_letters_at_once_without_retrying(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_database_connection_the_server_killed_is_replaced_after_one_retry(
+    broker_url, database_url, cache_redis, worker_log_dir
+):
+    """Connections outlive tasks (CELERY_DB_REUSE_MAX): one PostgreSQL terminated between tasks
+    fails the next task once (transient: retried), is closed after it, and the retry reconnects
+    instead of failing the same way until the task is dead-lettered."""
+    from django.db import connection
+
+    def backend(marker: str) -> int:
+        send(broker_url, "tests.database_backend", marker)
+        key = f"test:done:{marker}"
+        return int(wait_for(lambda: cache_redis.lindex(key, 0), timeout=30, what=marker))
+
+    with celery_worker(
+        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir, env=RETRY_ENV
+    ):
+        first = backend(uuid.uuid4().hex)
+        assert backend(uuid.uuid4().hex) == first  # kept across tasks
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [first])
+        after = backend(uuid.uuid4().hex)
+
+    assert after != first
+    assert not DeadLetter.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_worker_child_killed_mid_task_redelivers_and_runs_again(
     broker_url, database_url, cache_redis, worker_log_dir
 ):
