@@ -33,7 +33,7 @@ from project import metrics
 from project.celery import app
 from tasks.base import broker_kind, retry_countdown
 from tasks.models import DeadLetter
-from tasks.policy import TRANSIENT_ERRORS
+from tasks.policy import is_transient
 from tasks.publisher import publisher_for
 from tasks.services import (
     FailedMessage,
@@ -144,14 +144,15 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
         logger.warning("delta %s published but the cache is unavailable: %r", delta_id, exc)
         try:
             return Increment(value=_durable_values(keys=[key])[key][0] + amount, delta_id=delta_id)
-        except TRANSIENT_ERRORS as db_exc:
-            connection.close()
+        except Exception as db_exc:
+            _close_connection()
             logger.warning("delta %s published; no value to show: %r", delta_id, db_exc)
             return Increment(value=None, delta_id=delta_id)
-    except TRANSIENT_ERRORS as exc:
-        # A cache miss needs PostgreSQL to refill, and it is down. The delta is counted all the
-        # same (it is in the broker); only the value after it is unknown.
-        connection.close()
+    except Exception as exc:
+        # A cache miss needs PostgreSQL to refill, and it is down (or anything else failed after
+        # the publish). The delta is counted all the same (it is in the broker); only the value
+        # after it is unknown, and the caller must never see an error for it.
+        _close_connection()
         logger.warning("delta %s published; no value to show: %r", delta_id, exc)
         return Increment(value=None, delta_id=delta_id)
 
@@ -168,8 +169,8 @@ def _delta_cancel(*, delta_id: str, key: str) -> bool:
         with connection.cursor() as cursor:
             cursor.execute(LEDGER_INSERT, [[delta_id], [key], [0]])
             return bool(cursor.fetchall())
-    except TRANSIENT_ERRORS as exc:
-        connection.close()
+    except Exception as exc:  # unreachable, read-only...: whether it is counted is unknown
+        _close_connection()
         logger.error("delta %s: could not cancel it either: %r", delta_id, exc)
         raise CounterUnavailable(
             "the broker did not confirm the delta and it could not be cancelled",
@@ -182,8 +183,9 @@ def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | No
     """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none."""
 
     try:
+        # The copy comes a second later, so it reaches the ledger in a later transaction.
         fault_point("publish_twice", keys={key}, publish=lambda: app.send_task(
-            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id))  # fmt: skip
+            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, countdown=1))  # fmt: skip
         kwargs = {"published_at": published_at or time.time()}
         if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
             # Shares confirms with the process's other requests (tasks/publisher.py).
@@ -302,6 +304,8 @@ class BatchOutcome:
 
     reject: list[str] = field(default_factory=list)  # dead-lettered
     requeue: list[str] = field(default_factory=list)  # give back to the broker
+    # Every message whose fate is decided (applied, dead-lettered, re-published or given back).
+    settled: set[str] = field(default_factory=set)
 
 
 def _parse(delta: IncomingDelta) -> tuple[str, str, int]:
@@ -377,8 +381,12 @@ def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
     if logger.isEnabledFor(logging.DEBUG):
         for delta_id, key, amount in inserted:
             logger.debug("delta %s %s %+d applied", delta_id, key, amount)
-    logger.info("batch committed: %d deltas, %d new, %d counters", len(deltas), len(inserted),
-                len(counter_rows))  # fmt: skip
+    # "already applied": ids the ledger held from an earlier transaction (a redelivery, a
+    # duplicate publish, a replay); the fault suite reads it to prove a duplicate was absorbed.
+    logger.info(
+        "batch committed: %d deltas, %d new, %d already applied, %d counters",
+        len(deltas), len(inserted), len(unique) - len(inserted), len(counter_rows),
+    )  # fmt: skip
     return len(inserted)
 
 
@@ -393,12 +401,27 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
       itself down, and the innocent deltas of its batch get through.
     * A group that raises a permanent error is split until the culprit is alone, then the culprit
       is dead-lettered and the rest applied ("others unaffected").
-    * A transient error (PostgreSQL down) re-publishes the group's deltas with a backoff
-      countdown and acknowledges the originals. Counter deltas have no retry budget: the database
-      being down for minutes must delay them, never dead-letter them (G1).
-    """
+    * A transient error (PostgreSQL down, read-only during a failover) re-publishes the group's
+      deltas with a backoff countdown and acknowledges the originals. Counter deltas have no retry
+      budget: the database being down for minutes must delay them, never dead-letter them (G1).
 
+    It never raises: an error nobody foresaw re-publishes every delta not yet settled, with a
+    backoff. Raising would give the whole batch back at once, and each such cycle spends a
+    delivery until the broker's delivery limit dead-letters healthy deltas with no record (G3).
+    """
     outcome = BatchOutcome()
+    try:
+        _batch_apply(deltas, outcome)
+    except Exception as exc:
+        logger.exception("batch of %d deltas failed unexpectedly; re-publishing", len(deltas))
+        _close_connection()
+        for delta in deltas:
+            if delta.message_id not in outcome.settled:
+                _retry_later(delta, exc, outcome)
+    return outcome
+
+
+def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
     if broker_kind(app) == "redis":
         try:
             counts = redis_delivery_counts(
@@ -420,6 +443,7 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
                 .values_list("delta_id", flat=True)}  # fmt: skip
     for delta in deltas:
         if delta.args and str(delta.args[0]) in done:
+            outcome.settled.add(delta.message_id)
             continue
         if delta.deliveries > settings.TASK_MAX_DELIVERIES:
             reason = f"worker lost while applying this delta {delta.deliveries - 1} times"
@@ -443,22 +467,30 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
         try:
             started = time.monotonic()
             new = delta_group_apply(deltas=[parsed for _, parsed in group])
-            metrics.apply_seconds.observe(time.monotonic() - started)
-            metrics.batch_size.observe(len(group))
-            metrics.deltas_applied.inc(new)
-            _record_lag([delta for delta, _ in group])
-        except TRANSIENT_ERRORS as exc:
-            connection.close()  # a broken connection must not be reused by the next batch
-            for delta, _ in group:
-                _retry_later(delta, exc, outcome)
         except Exception as exc:
-            if len(group) > 1:
+            if is_transient(exc):
+                _close_connection()  # a broken connection must not be reused by the next batch
+                for delta, _ in group:
+                    _retry_later(delta, exc, outcome)
+            elif len(group) > 1:
                 groups[:0] = [[member] for member in group]
             else:
                 error = f"{type(exc).__name__}: {exc}"
                 _dead_letter(group[0][0], DeadLetter.Reason.PERMANENT_ERROR, error,
                              traceback.format_exc(), outcome)  # fmt: skip
-    return outcome
+            continue
+        outcome.settled.update(delta.message_id for delta, _ in group)
+        metrics.apply_seconds.observe(time.monotonic() - started)
+        metrics.batch_size.observe(len(group))
+        metrics.deltas_applied.inc(new)
+        _record_lag([delta for delta, _ in group])
+
+
+def _close_connection() -> None:
+    try:
+        connection.close()
+    except Exception:  # closing a broken connection can itself fail; it is gone either way
+        logger.debug("closing the database connection failed", exc_info=True)
 
 
 def _record_lag(deltas: list[IncomingDelta]) -> None:
@@ -485,21 +517,22 @@ def _uuids(values: list[str]) -> list[uuid.UUID]:
 
 
 def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome) -> None:
-
+    """Re-publish the delta with a backoff countdown and acknowledge this copy; give it back to
+    the broker only when even the re-publish fails (the broker is what failed)."""
+    outcome.settled.add(delta.message_id)
     countdown = retry_countdown(app=app, attempt=min(delta.retries, 16))
     try:
-        delta_publish(delta_id=str(delta.args[0]), key=delta.args[1], amount=delta.args[2],
-                      countdown=countdown, retries=delta.retries + 1,
-                      published_at=delta.published_at)  # fmt: skip
+        delta_id, key, amount = delta.args
+        delta_publish(delta_id=str(delta_id), key=key, amount=amount, countdown=countdown,
+                      retries=delta.retries + 1, published_at=delta.published_at)  # fmt: skip
         logger.warning("delta %s retry %d in %.1fs: %r", delta.message_id, delta.retries + 1,
                        countdown, exc)  # fmt: skip
-    except CounterUnavailable:
+    except Exception:
         outcome.requeue.append(delta.message_id)
 
 
 def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
                  outcome: BatchOutcome) -> None:  # fmt: skip
-
     kind = broker_kind(app)
     kwargs = {"published_at": delta.published_at} if delta.published_at else {}
     message = FailedMessage(
@@ -514,14 +547,18 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
                 kwargs=kwargs, retries=delta.retries, queue="counters", reason=reason,
                 exception=exception,
             )  # fmt: skip
-    except TRANSIENT_ERRORS as exc:
-        # The dead-letter table or queue is unreachable: keep the delta alive instead.
-        connection.close()
-        outcome.requeue.append(delta.message_id)
+    except Exception as exc:
+        # The dead-letter table or queue is unreachable (or the database is read-only): a
+        # transient condition. Keep the delta alive with a backoff instead of giving it back at
+        # once, which would spend a delivery per cycle until the broker dead-letters it unseen.
+        _close_connection()
         logger.error("could not dead-letter delta %s yet: %r", delta.message_id, exc)
+        if delta.message_id not in outcome.settled:
+            _retry_later(delta, exc, outcome)
         return
     logger.error("delta %s dead-lettered (%s): %s", delta.message_id, reason, exception)
     metrics.dead_letters.labels(reason=reason).inc()
+    outcome.settled.add(delta.message_id)
     outcome.reject.append(delta.message_id)
 
 

@@ -81,11 +81,18 @@ def _float_or_none(value) -> float | None:
         return None
 
 
+def _int_or_zero(value) -> int:
+    # A malformed header must not make the whole batch raise (and be given back, again and again).
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _redelivered(request) -> bool:
     delivery_info = request.delivery_info or {}
-    return bool(
-        delivery_info.get("redelivered") or int(request.request_dict.get("x-delivery-count") or 0)
-    )
+    count = _int_or_zero(request.request_dict.get("x-delivery-count"))
+    return bool(delivery_info.get("redelivered") or count)
 
 
 @shared_task(
@@ -99,10 +106,10 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
         IncomingDelta(
             message_id=request.id,
             args=list(request.args),
-            retries=int(request.request_dict.get("retries") or 0),
+            retries=_int_or_zero(request.request_dict.get("retries")),
             # RabbitMQ quorum queues count earlier deliveries; the Redis broker's are counted in
             # delta_batch_apply.
-            deliveries=int(request.request_dict.get("x-delivery-count") or 0) + 1,
+            deliveries=_int_or_zero(request.request_dict.get("x-delivery-count")) + 1,
             published_at=_float_or_none((request.kwargs or {}).get("published_at")),
         )
         for request in requests

@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from tasks.policy import TRANSIENT_ERRORS
+from tasks.policy import MAYBE_TRANSIENT, is_transient
 
 from . import readers, services
 from .keys import InvalidCounter
@@ -65,7 +65,9 @@ def counter_get_view(request, key: str):
         reading = services.counter_get(key=key)
     except InvalidCounter as exc:
         return _error(400, str(exc))
-    except TRANSIENT_ERRORS:
+    except MAYBE_TRANSIENT as exc:
+        if not is_transient(exc):
+            raise
         # Not in the cache, and PostgreSQL, which holds the value, is unreachable.
         logger.warning("counter %s: not cached and the database is unavailable", key)
         return _error(503, "the counter is not cached and the database is unavailable")

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from tasks.policy import TRANSIENT_ERRORS
+from tasks.policy import MAYBE_TRANSIENT, is_transient
 
 from . import selectors, services
 from .auth import CsrfFailed, NotAuthenticated, can_use_account, request_user
@@ -61,7 +61,9 @@ def _api(method: str):
                 return _error(404, str(exc))
             except NotYourAccount:
                 return _error(403, "this account is not yours")
-            except TRANSIENT_ERRORS:
+            except MAYBE_TRANSIENT as exc:
+                if not is_transient(exc):
+                    raise
                 # PostgreSQL is unreachable: nothing was committed, or the commit's answer was
                 # lost. Retrying with the same Idempotency-Key gives the one answer either way.
                 logger.warning("API %s %s: database unavailable", request.method, request.path,

@@ -28,7 +28,7 @@ from django.conf import settings
 from project import metrics
 
 from .models import DeadLetter
-from .policy import TRANSIENT_ERRORS, backoff_delay, is_transient
+from .policy import MAYBE_TRANSIENT, TRANSIENT_ERRORS, backoff_delay, is_transient
 from .services import (
     FailedMessage,
     dead_letter_publish_task,
@@ -99,6 +99,10 @@ class DeliveryTask(DjangoTask):
         except (Retry, Reject, Ignore):
             raise
         except Exception as exc:
+            # ``autoretry_for`` matches classes only; a read-only database raises an InternalError
+            # that only its SQLSTATE marks as transient (policy.is_transient).
+            if is_transient(exc) and self.request.retries < self.max_retries:
+                raise self.retry(exc=exc) from exc
             reason = (
                 DeadLetter.Reason.RETRIES_EXHAUSTED
                 if is_transient(exc)
@@ -182,7 +186,9 @@ class DeliveryTask(DjangoTask):
         )
         try:
             dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
-        except TRANSIENT_ERRORS as db_error:
+        except MAYBE_TRANSIENT as db_error:
+            if not is_transient(db_error):
+                raise
             # The dead-letter table is unreachable (the database is what failed). Dropping the
             # row would make the failure invisible, so park the message and come back later.
             logger.error("cannot record dead letter %s yet (%r); retry later", request.id, db_error)

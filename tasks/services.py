@@ -131,6 +131,14 @@ def redis_delivery_counts(*, app, messages: list[tuple[str, int]]) -> list[int]:
         return [int(count) for count in pipe.execute()[::2]]
 
 
+def redis_delivery_counts_reset(*, app, message_id: str, retries_up_to: int) -> None:
+    """Forget the delivery counts of a message (every retry number up to ``retries_up_to``), so a
+    replayed dead letter starts a fresh count instead of being over the limit at once."""
+    keys = [f"celery-deliveries:{message_id}:{n}" for n in range(retries_up_to + 1)]
+    with app.pool.acquire(block=True) as conn:
+        conn.default_channel.client.delete(*keys)
+
+
 class DeadLetterError(Exception):
     """A dead-letter operation that cannot be done (unknown id, already replayed)."""
 
@@ -156,6 +164,10 @@ def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
 
     with transaction.atomic():
         letter = _lock_dead_letter(dead_letter_id)
+        if app.conf.broker_url.startswith("redis"):
+            # The broker Redis still counts the deliveries that dead-lettered it (kept for days).
+            redis_delivery_counts_reset(app=app, message_id=letter.task_id,
+                                        retries_up_to=max(letter.attempts, 1))  # fmt: skip
         app.send_task(
             letter.task_name,
             args=letter.args,

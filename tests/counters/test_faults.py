@@ -87,3 +87,48 @@ def test_database_errors_re_publish_the_batch_with_backoff_and_lose_nothing(
     assert AppliedDelta.objects.filter(key=key).count() == 6
     assert not DeadLetter.objects.exists()
     assert services.counter_get(key=key).value == 12
+
+
+def replay_from_admin(letter: DeadLetter) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    admin = get_user_model().objects.create_superuser("replayer", "r@example.invalid", "pw")
+    client = Client()
+    client.force_login(admin)
+    response = client.post("/admin/tasks/deadletter/",
+                           {"action": "replay", "_selected_action": [letter.pk]})  # fmt: skip
+    assert response.status_code == 302
+
+
+@pytest.mark.parametrize("replay", ["cli", "admin"])
+def test_a_delta_that_killed_its_worker_is_replayed_once_after_the_fix(
+    broker, database_url, cache_redis, worker_log_dir, replay
+):
+    """The delivery-limit dead letter of a poison delta, replayed once the cause is fixed, runs
+    with a fresh delivery count (the Redis broker keeps counts for days) and is applied once."""
+    poison_key = f"article_views:poison-kill-{replay}"
+    limits = {"TASK_MAX_DELIVERIES": "2"}
+    with counters_worker(
+        broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
+        env={"COUNTER_FAULTS": f"kill_before_commit={poison_key}", **limits},
+    ):  # fmt: skip
+        services.counter_incr(key=poison_key, amount=4)
+        letter = wait_for(lambda: DeadLetter.objects.first(), timeout=120, what="the dead letter")
+        drain()
+    assert letter.reason == DeadLetter.Reason.DELIVERY_LIMIT
+    assert durable(poison_key) == 0
+
+    with counters_worker(broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
+                         env=limits):  # fmt: skip
+        if replay == "cli":
+            call_command("deadletters", "replay", str(letter.pk))
+        else:
+            replay_from_admin(letter)
+        wait_for(lambda: durable(poison_key) == 4, timeout=60, what="the replayed delta")
+        drain()
+    assert durable(poison_key) == 4
+    assert AppliedDelta.objects.filter(key=poison_key).count() == 1
+    letter.refresh_from_db()
+    assert letter.status == DeadLetter.Status.REPLAYED
+    assert DeadLetter.objects.count() == 1
