@@ -26,7 +26,9 @@ Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) whe
   reads again). This is the stale-set race: a reader that read the row just before a batch
   committed cannot put the old value back.
 * A bump that finds no hash fills it first; since the fill may already contain the delta (applied
-  between the publish and the bump), the miss path checks the ledger before recording it.
+  between the publish and the bump), the miss path checks the ledger before recording it. So does
+  a bump into a hash another reader filled after the delta was published (a late bump: evicted,
+  applied, refilled, then the bump).
 * One window is left: a fill can read the row just before a batch commits whose deltas the lost
   hash was counting as pending; until that batch's ``apply`` arrives (milliseconds) the hash reads
   low. So for ``COUNTER_FILL_GRACE_S`` after a fill, reads also ask PostgreSQL and report
@@ -45,11 +47,20 @@ PREFIX = "cnt:"
 VERSION_PREFIX = "cntv:"
 EPHEMERAL_PREFIX = "eph:"
 
-# KEYS[1] hash; ARGV delta id, amount, now. Returns durable + pending, or false if the hash is
-# missing (the caller fills it from PostgreSQL and calls again).
+# KEYS[1] hash; ARGV delta id, amount, now, since, mode. Returns durable + pending; false if the
+# hash is missing (the caller fills it from PostgreSQL and calls again); or {0} ("ask the ledger")
+# when ``since`` is given and the hash was filled after it: a fill made after the delta's publish
+# may already hold the delta (applied before the fill read PostgreSQL), and recording it as
+# pending would count it twice. The caller asks the ledger and calls again with mode "pending"
+# (not applied: record it) or "applied" (the hash holds it, or will as the apply's tombstone).
 BUMP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1]) == 0 then
+local mode = ARGV[5]
+if mode == '' and ARGV[4] ~= '' then
+  local filled = tonumber(redis.call('HGET', KEYS[1], 'filled_at') or '0')
+  if filled >= tonumber(ARGV[4]) then return {0} end
+end
+if redis.call('HDEL', KEYS[1], 'a:' .. ARGV[1]) == 0 and mode ~= 'applied' then
   if redis.call('HSETNX', KEYS[1], 'd:' .. ARGV[1], ARGV[2] .. '@' .. ARGV[3]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'pending', ARGV[2])
   end
@@ -57,6 +68,8 @@ end
 local v = redis.call('HMGET', KEYS[1], 'durable', 'pending')
 return tonumber(v[1]) + tonumber(v[2])
 """
+# What ``bump`` returns when the caller must ask the ledger (see BUMP).
+ASK_LEDGER = object()
 
 # KEYS[1] hash, KEYS[2] version marker; ARGV durable, version, now. Creates the hash unless it
 # holds this or a newer version. Returns durable + pending, or false if a newer version has been
@@ -169,8 +182,14 @@ class CachedCounter:
         return self.durable + self.pending
 
 
-def bump(*, key: str, delta_id: str, amount: int, now: float) -> int | None:
-    result = _script(BUMP)(keys=[hash_key(key)], args=[delta_id, amount, now])
+def bump(*, key: str, delta_id: str, amount: int, now: float, since: float | None = None,
+         mode: str = ""):  # fmt: skip
+    """Record a published delta as pending: the value after it, None if the hash is missing, or
+    ASK_LEDGER if the hash was filled after ``since`` (see BUMP)."""
+    args = [delta_id, amount, now, "" if since is None else since, mode]
+    result = _script(BUMP)(keys=[hash_key(key)], args=args)
+    if isinstance(result, list):
+        return ASK_LEDGER
     return None if result is None else int(result)
 
 

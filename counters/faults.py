@@ -10,7 +10,10 @@
   ``fault:transient`` exists (the test removes it to let the database "come back");
 * ``kill_after_publish``: the web process SIGKILLs itself after the broker confirmed the delta and
   before its Redis update;
-* ``publish_twice``: the delta is published an extra time (a duplicate in the broker).
+* ``publish_twice``: the delta is published an extra time (a duplicate in the broker), a second
+  later;
+* ``before_bump``: runs the callable a test registered in ``HOOKS`` between an increment's
+  publish and its Redis update.
 
 A point fires every time, unless the cache Redis holds a budget ``fault:budget:<point>``: then it
 fires while the budget lasts (the fault suite kills a worker a few times, not on every batch).
@@ -37,9 +40,18 @@ def _within_budget(point: str) -> bool:
     return client.decr(budget_key) >= 0
 
 
-def fault_point(point: str, *, keys: set[str], publish: Callable[[], object] | None = None) -> None:
+# In-process tests register a callable for a point: it runs there, deterministically (e.g. the
+# cache evicted and refilled between an increment's publish and its bump).
+HOOKS: dict[str, Callable[..., object]] = {}
+
+
+def fault_point(point: str, *, keys: set[str], publish: Callable[[], object] | None = None,
+                **context) -> None:  # fmt: skip
     targets = settings.COUNTER_FAULTS.get(point)
     if not targets or not keys.intersection(targets):
+        return
+    if point in HOOKS:
+        HOOKS[point](keys=keys, **context)
         return
     if point == "transient":
         from django.db import OperationalError

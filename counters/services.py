@@ -32,6 +32,7 @@ from django.utils import timezone
 from project import metrics
 from project.celery import app
 from tasks.base import broker_kind, retry_countdown
+from tasks.inflight import inflight_forget, inflight_older_than, inflight_record
 from tasks.models import DeadLetter
 from tasks.policy import is_transient
 from tasks.publisher import publisher_for
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 DURABLE = "durable"
 EPHEMERAL = "ephemeral"
 APPLY_TASK = "counters.apply_deltas"
+COUNTERS_QUEUE = "counters"
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
                         "interval_max": 0.2}  # fmt: skip
 
@@ -118,6 +120,8 @@ def _deferred_incr(*, key: str, amount: int) -> None:
 
 def _durable_incr(*, key: str, amount: int) -> Increment:
     delta_id = str(uuid.uuid4())
+    # A hash filled after this (less a margin for clocks of other hosts) may hold the delta.
+    since = time.time() - settings.COUNTER_FILL_GRACE_S
     try:
         delta_publish(delta_id=delta_id, key=key, amount=amount)
     except CounterUnavailable as exc:
@@ -130,14 +134,12 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
     metrics.increments.labels(namespace=key.split(":", 1)[0]).inc()
     # The delta is durable from here on; Redis only makes it visible sooner.
     try:
-        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
-        if value is None:
-            filled = counter_fill(keys=[key])[key]
-            if AppliedDelta.objects.filter(delta_id=delta_id).exists():
-                value = filled.value  # applied already: the filled durable value includes it
-            else:
-                value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time())
-                value = filled.value + amount if value is None else value
+        fault_point("before_bump", keys={key}, delta_id=delta_id)
+        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(),
+                           since=since)  # fmt: skip
+        if value is None or value is cache.ASK_LEDGER:
+            value = _bump_after_fill(key=key, delta_id=delta_id, amount=amount,
+                                     fill=value is None)  # fmt: skip
         logger.debug("delta %s %s %+d published, value %s", delta_id, key, amount, value)
         return Increment(value=int(value), delta_id=delta_id)
     except redis.exceptions.RedisError as exc:
@@ -155,6 +157,19 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
         _close_connection()
         logger.warning("delta %s published; no value to show: %r", delta_id, exc)
         return Increment(value=None, delta_id=delta_id)
+
+
+def _bump_after_fill(*, key: str, delta_id: str, amount: int, fill: bool) -> int:
+    """The hash is missing (``fill``: fill it now) or was filled after the delta's publish: the
+    filled value holds the delta if the ledger has it, so record it as pending only if not."""
+    filled = counter_fill(keys=[key])[key] if fill else None
+    applied = AppliedDelta.objects.filter(delta_id=delta_id).exists()
+    value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(),
+                       mode="applied" if applied else "pending")  # fmt: skip
+    if value is None:  # evicted again meanwhile: report the database's view
+        durable = filled.durable if filled else _durable_values(keys=[key])[key][0]
+        value = durable + (0 if applied else amount)
+    return value
 
 
 def _delta_cancel(*, delta_id: str, key: str) -> bool:
@@ -187,6 +202,11 @@ def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | No
         fault_point("publish_twice", keys={key}, publish=lambda: app.send_task(
             APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, countdown=1))  # fmt: skip
         kwargs = {"published_at": published_at or time.time()}
+        if retries == 0 and broker_kind(app) == "redis":
+            # Before the push, so no pushed delta lacks its record (tasks/inflight.py).
+            inflight_record(app=app, queue=COUNTERS_QUEUE, message_id=delta_id,
+                            payload={"key": key, "amount": amount, **kwargs},
+                            now=time.time())  # fmt: skip
         if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
             # Shares confirms with the process's other requests (tasks/publisher.py).
             publisher_for(app=app, queue_name="counters",
@@ -306,6 +326,8 @@ class BatchOutcome:
     requeue: list[str] = field(default_factory=list)  # give back to the broker
     # Every message whose fate is decided (applied, dead-lettered, re-published or given back).
     settled: set[str] = field(default_factory=set)
+    # Applied (now or before) or recorded as a dead letter: no longer in flight.
+    done: list[str] = field(default_factory=list)
 
 
 def _parse(delta: IncomingDelta) -> tuple[str, str, int]:
@@ -418,6 +440,11 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
         for delta in deltas:
             if delta.message_id not in outcome.settled:
                 _retry_later(delta, exc, outcome)
+    if outcome.done and broker_kind(app) == "redis":
+        try:
+            inflight_forget(app=app, queue=COUNTERS_QUEUE, message_ids=outcome.done)
+        except Exception as exc:  # reconcile forgets them later, finding them in the ledger
+            logger.warning("could not forget %d done deltas: %r", len(outcome.done), exc)
     return outcome
 
 
@@ -444,6 +471,7 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
     for delta in deltas:
         if delta.args and str(delta.args[0]) in done:
             outcome.settled.add(delta.message_id)
+            outcome.done.append(delta.message_id)
             continue
         if delta.deliveries > settings.TASK_MAX_DELIVERIES:
             reason = f"worker lost while applying this delta {delta.deliveries - 1} times"
@@ -480,6 +508,7 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
                              traceback.format_exc(), outcome)  # fmt: skip
             continue
         outcome.settled.update(delta.message_id for delta, _ in group)
+        outcome.done.extend(delta.message_id for delta, _ in group)
         metrics.apply_seconds.observe(time.monotonic() - started)
         metrics.batch_size.observe(len(group))
         metrics.deltas_applied.inc(new)
@@ -559,6 +588,7 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
     logger.error("delta %s dead-lettered (%s): %s", delta.message_id, reason, exception)
     metrics.dead_letters.labels(reason=reason).inc()
     outcome.settled.add(delta.message_id)
+    outcome.done.append(delta.message_id)
     outcome.reject.append(delta.message_id)
 
 
@@ -579,24 +609,15 @@ class Repair:
 
 def counter_reconcile(*, tombstone_age_s: float = 600.0,
                       republish_after_s: float | None = None) -> list[Repair]:  # fmt: skip
-    """Compare each cached counter with PostgreSQL + its pending deltas and repair the drift.
+    """Compare each cached counter with PostgreSQL + its pending deltas and repair the drift, then
+    re-publish stranded deltas (``delta_republish_stranded``).
 
     Repairs: a ``durable``/``version`` older than the database (an ``apply`` that never reached
     Redis); pending entries whose delta the ledger shows as applied (counted twice); tombstones
     older than ``tombstone_age_s`` (left by a web process killed between its publish and its
     Redis update: the delta was counted by the worker, the bump never came). Optimistic: a hash
     that changes while it is being checked is checked again.
-
-    And it re-publishes, under their own ids, pending deltas recorded more than
-    ``republish_after_s`` ago (default ``COUNTER_REPUBLISH_AFTER_S``) that the ledger has not
-    applied and that were not dead-lettered. Such a delta was acknowledged, so its message must
-    exist; on the Redis broker it can be gone: kombu takes a message off the list (BRPOP) and
-    records it as unacknowledged in a second command, and a broker or worker that dies in between
-    loses it (the fault suite's broker restart found one). A copy of a delta that still exists
-    is absorbed by the ledger.
     """
-    if republish_after_s is None:
-        republish_after_s = settings.COUNTER_REPUBLISH_AFTER_S
     client = cache.client()
     repairs = []
     now = time.time()
@@ -607,61 +628,86 @@ def counter_reconcile(*, tombstone_age_s: float = 600.0,
             with client.pipeline() as pipe:
                 try:
                     pipe.watch(hash_key)
-                    repair, unapplied = _reconcile_one(pipe, hash_key, key, now, tombstone_age_s)
+                    repair = _reconcile_one(pipe, hash_key, key, now, tombstone_age_s)
                 except redis.exceptions.WatchError:
                     continue
             if repair:
                 repairs.append(repair)
-            # Published after the optimistic loop, so a retried check never publishes twice.
-            old = {i: e for i, e in unapplied.items() if now - e[1] > republish_after_s}
-            if old and (repair := _republish_stranded(key=key, entries=old, now=now)):
-                repairs.append(repair)
             break
+    return repairs + delta_republish_stranded(republish_after_s=republish_after_s)
+
+
+def delta_republish_stranded(*, republish_after_s: float | None = None) -> list[Repair]:
+    """Publish again, under their own ids, the deltas the Redis broker recorded as published
+    (tasks/inflight.py) more than ``republish_after_s`` ago (default ``COUNTER_REPUBLISH_AFTER_S``)
+    that are neither in the ledger nor dead-lettered; forget those that are.
+
+    Such a delta was acknowledged, so its message must exist; on the Redis broker it can be gone
+    (lost between kombu's BRPOP and its unacknowledged record when a worker or the broker dies).
+    A copy of a delta that still exists is absorbed by the ledger. RabbitMQ keeps no record: a
+    message it confirmed stays in its queue until it is acknowledged or dead-lettered.
+    """
+    if broker_kind(app) != "redis":
+        return []
+    if republish_after_s is None:
+        republish_after_s = settings.COUNTER_REPUBLISH_AFTER_S
+    now = time.time()
+    old = dict(inflight_older_than(app=app, queue=COUNTERS_QUEUE, age_s=republish_after_s,
+                                   now=now))  # fmt: skip
+    stranded: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    ids = list(old)
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=_uuids(chunk))
+                .values_list("delta_id", flat=True)}  # fmt: skip
+        done |= set(DeadLetter.objects.filter(task_id__in=chunk).values_list("task_id", flat=True))
+        inflight_forget(app=app, queue=COUNTERS_QUEUE, message_ids=[i for i in chunk if i in done])
+        for delta_id in chunk:
+            if delta_id not in done:
+                payload = old[delta_id]
+                delta_publish(delta_id=delta_id, key=payload["key"], amount=payload["amount"],
+                              published_at=payload.get("published_at"))  # fmt: skip
+                logger.warning("delta %s %s %+d re-published: recorded %.0fs ago, not applied",
+                               delta_id, payload["key"], payload["amount"],
+                               now - payload["recorded_at"])  # fmt: skip
+                stranded[payload["key"]].append((delta_id, payload["amount"]))
+    repairs = []
+    for key, entries in stranded.items():
+        total = sum(amount for _, amount in entries)
+        detail = f"re-published {len(entries)} stranded deltas"
+        repairs.append(Repair(key=key, before=total, after=total, detail=detail))
     return repairs
 
 
-def _republish_stranded(*, key: str, entries: dict[str, tuple[int, float]],
-                        now: float) -> Repair | None:  # fmt: skip
-    """Publish again the ``entries`` (pending, not applied) that were not dead-lettered."""
-    dead = set(DeadLetter.objects.filter(task_id__in=list(entries))
-               .values_list("task_id", flat=True))  # fmt: skip
-    stranded = {i: e for i, e in entries.items() if i not in dead}
-    for delta_id, (amount, recorded_at) in stranded.items():
-        delta_publish(delta_id=delta_id, key=key, amount=amount)
-        logger.warning("delta %s %s %+d re-published: pending since %.0fs, not applied",
-                       delta_id, key, amount, now - recorded_at)  # fmt: skip
-    if not stranded:
-        return None
-    total = sum(amount for amount, _ in stranded.values())
-    detail = f"re-published {len(stranded)} stranded pending deltas"
-    return Repair(key=key, before=total, after=total, detail=detail)
+# One statement, so one snapshot: the row and the ledger as of the same instant. Two queries
+# would let a batch commit in between, and its deltas would then count both in the row and as
+# still pending.
+RECONCILE_SNAPSHOT = """
+SELECT c.value, c.version,
+       ARRAY(SELECT delta_id::text FROM counters_applieddelta WHERE delta_id = ANY(%s::uuid[]))
+FROM (SELECT 1) AS one LEFT JOIN counters_counter c ON c.key = %s
+"""
 
 
-def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: float):
-    """Repair one hash; return the repair (or None) and its pending entries that the ledger does
-    not hold, as ``{delta id: (amount, recorded at)}``."""
+def _reconcile_one(pipe, hash_key: str, key: str, now: float,
+                   tombstone_age_s: float) -> Repair | None:  # fmt: skip
     fields = {k.decode(): v.decode() for k, v in pipe.hgetall(hash_key).items()}
     if "durable" not in fields:
-        return None, {}
+        return None
     durable, version = int(fields["durable"]), int(fields["version"])
     pending_sum = int(fields.get("pending", 0))
-    recorded = {f[2:]: cache.pending_entry(v) for f, v in fields.items() if f.startswith("d:")}
-    entries = {i: amount for i, (amount, _) in recorded.items()}
+    entries = {f[2:]: cache.pending_entry(v)[0] for f, v in fields.items() if f.startswith("d:")}
     old_tombstones = [
         f for f, v in fields.items() if f.startswith("a:") and now - float(v) > tombstone_age_s
     ]
-    applied = {
-        str(delta_id)
-        for delta_id in AppliedDelta.objects.filter(delta_id__in=list(entries)).values_list(
-            "delta_id", flat=True
-        )
-    }
-    db_value, db_version = _durable_values(keys=[key])[key]
+    with connection.cursor() as cursor:
+        cursor.execute(RECONCILE_SNAPSHOT, [[str(i) for i in _uuids(list(entries))], key])
+        db_value, db_version, applied_ids = cursor.fetchone()
+    db_value, db_version, applied = db_value or 0, db_version or 0, set(applied_ids)
     new_durable, new_version = (
         (db_value, db_version) if db_version >= version else (durable, version)
     )
     still_pending = {i: a for i, a in entries.items() if i not in applied}
-    unapplied = {i: recorded[i] for i in still_pending}
     new_pending = sum(still_pending.values())
     before, after = durable + pending_sum, new_durable + new_pending
     # Out-of-order applies kept for versions the hash now has (cache.py): never to be replayed.
@@ -670,7 +716,7 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: f
     if (new_durable, new_version, new_pending) == (durable, version, pending_sum) and not (
         applied or old_tombstones or passed
     ):
-        return None, unapplied
+        return None
     pipe.multi()
     pipe.hset(hash_key, mapping={"durable": new_durable, "version": new_version,
                                   "pending": new_pending})  # fmt: skip
@@ -686,4 +732,4 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float, tombstone_age_s: f
         f"database {db_value} (v{db_version}) + {len(still_pending)} pending ({new_pending}); "
         f"dropped {len(applied)} applied pending entries, {len(old_tombstones)} old tombstones"
     )
-    return Repair(key=key, before=before, after=after, detail=detail), unapplied
+    return Repair(key=key, before=before, after=after, detail=detail)

@@ -68,6 +68,17 @@ DATABASES["default"]["OPTIONS"]["connect_timeout"] = env.int("DATABASE_CONNECT_T
 DATABASES["default"]["OPTIONS"]["options"] = (
     f"-c statement_timeout={env.int('DATABASE_STATEMENT_TIMEOUT_MS', default=30000)}"
 )
+# statement_timeout is enforced by the server; a server behind a dead network (or a failover that
+# moved its address) never answers, and only the client's TCP stack can tell: keepalive probes on
+# an idle connection, and tcp_user_timeout (ms) for data sent and never acknowledged.
+DATABASE_TCP_TIMEOUT_S = env.int("DATABASE_TCP_TIMEOUT_S", default=10)
+DATABASES["default"]["OPTIONS"].update(
+    keepalives=1,
+    keepalives_idle=DATABASE_TCP_TIMEOUT_S,
+    keepalives_interval=max(DATABASE_TCP_TIMEOUT_S // 3, 1),
+    keepalives_count=3,
+    tcp_user_timeout=DATABASE_TCP_TIMEOUT_S * 1000,
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis cache: fast, may evict or restart empty at any moment --------------------------------
@@ -79,6 +90,9 @@ CACHES = {
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": 2,
             "SOCKET_TIMEOUT": 2,
+            # An idle pooled connection to a cache behind a dead network is found out by the
+            # kernel's probes, not by the next request's 2 s timeout.
+            "CONNECTION_POOL_KWARGS": {"socket_keepalive": True},
         },
     }
 }
@@ -163,6 +177,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # waiting 100 s after a broker restart; the scan is one ZRANGE on a small sorted set.
     "unacked_restore_interval": 10,
     "unacked_restore_throttle": 1,
+    # Redis: kombu waits forever on a broker that stopped answering without closing the
+    # connection (frozen, partitioned): a publish would hang its request until the thaw. With
+    # these a publish fails after the timeout (the increment answers 503 "not counted"), and a
+    # consumer's BRPOP that got no reply for brpop_timeout + health_check_interval is dropped.
+    "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+    "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": REDIS_BROKER_VISIBILITY_TIMEOUT}
 

@@ -167,33 +167,64 @@ def test_ephemeral_counters_live_in_redis_only(cache_redis):
     assert services.counter_get(key="active_readers:x").value == 0  # lossy by design
 
 
-def test_reconcile_republishes_a_stranded_pending_delta_once_under_its_own_id(
+def test_reconcile_republishes_a_stranded_delta_from_the_broker_record_without_the_cache(
     broker, cache_redis, capsys
 ):
-    """A delta acknowledged (recorded as pending) whose message the broker lost: reconcile
-    publishes it again under its id; applied, dead-lettered and recent ones are left alone."""
+    """A delta acknowledged whose message the Redis broker lost (between kombu's BRPOP and its
+    unacked record): reconcile finds it in the broker's record of published deltas, not in the
+    cache (flushed here), and publishes it again under its id; applied, cancelled, dead-lettered
+    and recent ones are left alone. RabbitMQ keeps no record and loses no confirmed message."""
+    from project.celery import app
+    from tasks.inflight import inflight_count, inflight_record
+
     key = new_key()
-    services.counter_get(key=key)  # the hash exists
     now = time.time()
-    stranded, applied, dead, recent = (str(uuid.uuid4()) for _ in range(4))
-    for delta_id, amount, age in ((stranded, 3, 100), (applied, 1, 100), (dead, 2, 100),
-                                  (recent, 4, 0)):  # fmt: skip
-        cache.bump(key=key, delta_id=delta_id, amount=amount, now=now - age)
-    apply_now((applied, key, 1))
+    stranded, applied, cancelled, dead, recent = (str(uuid.uuid4()) for _ in range(5))
+    redis_broker = broker.startswith("redis")
+    if redis_broker:
+        for delta_id, amount, age in (
+            (stranded, 3, 100),
+            (applied, 1, 100),
+            (cancelled, 5, 100),
+            (dead, 2, 100),
+            (recent, 4, 0),
+        ):
+            inflight_record(
+                app=app,
+                queue="counters",
+                message_id=delta_id,
+                payload={"key": key, "amount": amount},
+                now=now - age,
+            )
+    apply_now((applied, key, 1), (cancelled, key, 0))
     DeadLetter.objects.create(
-        task_id=dead, task_name=services.APPLY_TASK, queue="counters", args=[dead, key, 2],
-        reason=DeadLetter.Reason.PERMANENT_ERROR, attempts=1, deliveries=1, broker="redis",
-        first_failed_at=timezone.now(), last_failed_at=timezone.now(),
-    )  # fmt: skip
+        task_id=dead,
+        task_name=services.APPLY_TASK,
+        queue="counters",
+        args=[dead, key, 2],
+        reason=DeadLetter.Reason.PERMANENT_ERROR,
+        attempts=1,
+        deliveries=1,
+        broker="redis",
+        first_failed_at=timezone.now(),
+        last_failed_at=timezone.now(),
+    )
+    cache_redis.flushall()
 
     call_command("counters", "reconcile", "--republish-after", "50")
-    assert "re-published 1 stranded pending deltas" in capsys.readouterr().out
+    out = capsys.readouterr().out
     messages = read_queue(broker, "counters")
+    if not redis_broker:
+        assert "re-published" not in out and messages == []
+        return
+    assert "re-published 1 stranded deltas" in out
     assert [(m.headers["id"], m.headers["argsrepr"]) for m in messages] == [
         (stranded, repr([stranded, key, 3]))
     ]
-    # The pending entries stay until the worker applies the copy.
-    assert services.counter_get(key=key).value == 1 + 3 + 2 + 4
+    # Done ones are forgotten; the stranded one is recorded again (now), the recent one stays.
+    assert inflight_count(app=app, queue="counters") == 2
+    call_command("counters", "reconcile", "--republish-after", "50")
+    assert "re-published" not in capsys.readouterr().out
 
 
 def test_reconcile_refuses_a_negative_republish_age(capsys):
@@ -201,3 +232,38 @@ def test_reconcile_refuses_a_negative_republish_age(capsys):
 
     with pytest.raises(CommandError, match="0 or more"):
         call_command("counters", "reconcile", "--republish-after", "-1")
+
+
+@pytest.mark.parametrize("order", ["applied-then-refilled", "refilled-then-applied"])
+def test_a_late_bump_after_an_eviction_and_a_refill_is_not_counted_twice(
+    broker, cache_redis, settings, order
+):
+    """Web publishes X; before its Redis update the hash is evicted, the worker commits X, and a
+    reader refills the hash from PostgreSQL (in either order). The late bump must not add X again
+    as pending: the hash holds it already (or will, through the apply's tombstone)."""
+    from counters import faults
+
+    key = new_key()
+    services.counter_get(key=key)
+
+    def evicted_applied_refilled(*, keys, delta_id):
+        cache_redis.delete(cache.hash_key(key))  # evicted
+        if order == "applied-then-refilled":
+            apply_now((delta_id, key, 3))  # the worker's apply finds no hash
+            assert services.counter_get(key=key).value == 3  # the refill holds X
+        else:
+            assert services.counter_get(key=key).value == 0  # the refill does not
+            apply_now((delta_id, key, 3))  # the apply leaves a tombstone for the bump
+
+    settings.COUNTER_FAULTS = {"before_bump": [key]}
+    faults.HOOKS["before_bump"] = evicted_applied_refilled
+    try:
+        increment = services.counter_incr(key=key, amount=3)
+    finally:
+        faults.HOOKS.pop("before_bump")
+    read_queue(broker, "counters")  # the published copy (applied above already)
+
+    assert increment.value == 3
+    assert services.counter_get(key=key) == services.CounterReading(3, 3, 0)
+    fields = cache_redis.hgetall(cache.hash_key(key))
+    assert not [f for f in fields if f.startswith((b"d:", b"a:"))], fields
