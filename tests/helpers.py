@@ -122,6 +122,8 @@ def declare_and_purge(broker_url: str) -> None:
             # Messages a killed worker held (kombu's unacked hash) would come back later.
             client = channel.client
             client.delete("unacked", "unacked_index", "unacked_mutex")
+            # And the record of published deltas (tasks/inflight.py) of messages purged above.
+            client.delete(*[f"inflight:{name}" for name in WORK_QUEUES])
 
 
 def queue_depth(broker_url: str, queue_name: str) -> int:
