@@ -13,9 +13,10 @@ app.autodiscover_tasks()
 
 
 def _install_bootsteps() -> None:
-    from tasks.bootsteps import DeclareDeadLetterQueue
+    from tasks.bootsteps import DeclareDeadLetterQueue, install_redis_restore
 
     app.steps["consumer"].add(DeclareDeadLetterQueue)
+    install_redis_restore(app)
 
 
 _install_bootsteps()
