@@ -240,6 +240,24 @@ def apply(
     pipe.execute()
 
 
+# KEYS[1] hash; ARGV delta ids. Forget their pending entries: dead-lettered deltas are out of the
+# queue, so reads stop counting them (they are counted again if a replay applies them).
+FORGET = """
+for i = 1, #ARGV do
+  local v = redis.call('HGET', KEYS[1], 'd:' .. ARGV[i])
+  if v then
+    redis.call('HDEL', KEYS[1], 'd:' .. ARGV[i])
+    redis.call('HINCRBY', KEYS[1], 'pending', -tonumber(string.match(v, '^(-?%d+)')))
+  end
+end
+return 0
+"""
+
+
+def forget(*, key: str, delta_ids: list[str]) -> None:
+    _script(FORGET)(keys=[hash_key(key)], args=delta_ids)
+
+
 def ephemeral_incr(*, key: str, amount: int) -> int:
     return int(client().incrby(EPHEMERAL_PREFIX + key, amount))
 

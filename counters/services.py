@@ -586,6 +586,11 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
             _retry_later(delta, exc, outcome)
         return
     logger.error("delta %s dead-lettered (%s): %s", delta.message_id, reason, exception)
+    if len(delta.args) == 3 and isinstance(delta.args[1], str):
+        try:  # out of the queue: reads stop counting it as pending (reconcile, if this fails)
+            cache.forget(key=delta.args[1], delta_ids=[str(delta.args[0])])
+        except redis.exceptions.RedisError as exc:
+            logger.warning("dead letter %s still pending in the cache: %r", delta.message_id, exc)
     metrics.dead_letters.labels(reason=reason).inc()
     outcome.settled.add(delta.message_id)
     outcome.done.append(delta.message_id)
@@ -681,10 +686,12 @@ def delta_republish_stranded(*, republish_after_s: float | None = None) -> list[
 
 # One statement, so one snapshot: the row and the ledger as of the same instant. Two queries
 # would let a batch commit in between, and its deltas would then count both in the row and as
-# still pending.
+# still pending. Dead-lettered deltas (unless replayed) are no longer pending either.
 RECONCILE_SNAPSHOT = """
 SELECT c.value, c.version,
-       ARRAY(SELECT delta_id::text FROM counters_applieddelta WHERE delta_id = ANY(%s::uuid[]))
+       ARRAY(SELECT delta_id::text FROM counters_applieddelta WHERE delta_id = ANY(%s::uuid[])),
+       ARRAY(SELECT task_id FROM tasks_deadletter WHERE task_id = ANY(%s::text[])
+             AND status <> 'replayed')
 FROM (SELECT 1) AS one LEFT JOIN counters_counter c ON c.key = %s
 """
 
@@ -700,10 +707,12 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float,
     old_tombstones = [
         f for f, v in fields.items() if f.startswith("a:") and now - float(v) > tombstone_age_s
     ]
+    ids = [str(i) for i in _uuids(list(entries))]
     with connection.cursor() as cursor:
-        cursor.execute(RECONCILE_SNAPSHOT, [[str(i) for i in _uuids(list(entries))], key])
-        db_value, db_version, applied_ids = cursor.fetchone()
-    db_value, db_version, applied = db_value or 0, db_version or 0, set(applied_ids)
+        cursor.execute(RECONCILE_SNAPSHOT, [ids, ids, key])
+        db_value, db_version, applied_ids, dead_ids = cursor.fetchone()
+    db_value, db_version = db_value or 0, db_version or 0
+    applied = set(applied_ids) | set(dead_ids)  # no longer pending, either way
     new_durable, new_version = (
         (db_value, db_version) if db_version >= version else (durable, version)
     )

@@ -267,3 +267,17 @@ def test_a_late_bump_after_an_eviction_and_a_refill_is_not_counted_twice(
     assert services.counter_get(key=key) == services.CounterReading(3, 3, 0)
     fields = cache_redis.hgetall(cache.hash_key(key))
     assert not [f for f in fields if f.startswith((b"d:", b"a:"))], fields
+
+
+def test_reconcile_stops_counting_a_dead_lettered_delta_as_pending(cache_redis):
+    key = new_key()
+    services.counter_get(key=key)
+    dead = str(uuid.uuid4())
+    cache.bump(key=key, delta_id=dead, amount=2, now=time.time())
+    DeadLetter.objects.create(
+        task_id=dead, task_name=services.APPLY_TASK, queue="counters", args=[dead, key, 2],
+        reason=DeadLetter.Reason.PERMANENT_ERROR, attempts=1, deliveries=1, broker="redis",
+        first_failed_at=timezone.now(), last_failed_at=timezone.now(),
+    )  # fmt: skip
+    assert [(r.key, r.before, r.after) for r in services.counter_reconcile()] == [(key, 2, 0)]
+    assert services.counter_get(key=key) == services.CounterReading(0, 0, 0)
