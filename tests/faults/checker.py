@@ -1,21 +1,41 @@
-"""The Jepsen-style checker: the load's history against what PostgreSQL holds after the drain.
+"""The Jepsen-style checker: the load's history against what PostgreSQL and the cache hold after
+the drain. It takes nothing on trust from the harness: every rule is checked here, from the log.
 
-Counters (G1, G2, G3): for each key, the durable value lies between the sum of ok deltas (less
-the ok deltas that were dead-lettered) and the sum of ok + unknown deltas; it equals the sum of
-its ledger entries; every ok delta id is applied or dead-lettered (else: lost); no failed delta
-id is applied (a 503 that says "not counted" must be true). Reads during the run never broke G5.
+Answers: an increment is ok (HTTP 200 / the call returned), failed (a 503 ``"counted": false``,
+or a refused connection: nothing was sent) or unknown, and unknown only for a timeout, a lost
+connection or an explicit ``"counted": null``; any other answer (a 500, a 502, a 503 without its
+verdict, an exception) fails the run, for increments, orders and reads alike.
+Recovery: after the fault is over, at least ``RECOVERY_OKS`` ok increments by HTTP and by the
+Python API, and no increment without success once it has been over for ``RECOVERY_GRACE_S``.
+Counters (G1, G2, G3): every ok delta id is applied or dead-lettered (else lost); no failed delta
+is applied; each ledger entry has the key and amount its client sent; each counter's durable value
+equals the sum of its ledger entries and the acknowledged total (ok deltas not dead-lettered, plus
+unknown ones that were applied), and so do the cache and a read after the drain (G5, exact).
+Dead letters: none, except in the poison scenarios, where exactly the poison deltas.
+Reads during the run (G5): floor <= value <= ceiling, where the floor is the durable value the load
+had seen when the read started and the ceiling the sum of the ok and unknown increments that had
+started when it ended (positive deltas only; with signed deltas the floor would be the durable
+value plus the acknowledged negative deltas not yet applied). A read that timed out breaks G7.
+``republished`` (deltas the broker lost, re-published by reconcile) must be 0 on RabbitMQ.
 Orders (G4): every account's balance is the sum of its payments and never negative; every
 product's stock is its initial stock less what placed orders hold; every order has exactly its
 payments (a debit of its total, and a refund if cancelled); every ok order exists; every order
-in the database is the answer of exactly one Idempotency-Key.
+in the database is the answer of exactly one Idempotency-Key; every unknown order was resolved.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .load import http_json
+
+APPLY = "counters.apply_deltas"
+RECOVERY_OKS = 10  # ok increments after the fault, by HTTP and by the Python API each
+RECOVERY_GRACE_S = 5.0  # after the fault has been over this long, every increment succeeds
 
 
 @dataclass
@@ -32,6 +52,7 @@ class Verdict:
     republished: int = 0  # stranded deltas `counters reconcile` published again after the drain
     restarts: int = 0  # processes that died and were restarted (as compose's restart policy does)
     drain_s: float = 0.0
+    max_answer_s: float = 0.0  # the longest an increment waited for its answer
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -41,6 +62,19 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class Expect:
+    """Where to read the system back, and what one scenario expects besides the common rules."""
+
+    web_url: str
+    cache_url: str
+    initial_stock: dict[str, int]
+    fault_over: float  # time.time() when the fault ended
+    dead_key: str | None = None  # poison: the dead letters are exactly this key's ok deltas
+    answer_bound_s: float | None = None  # every increment answers ok or failed within this
+    apply_within_s: float | None = None  # every ok delta applied this soon after its answer
 
 
 def read_history(*paths: Path) -> list[dict]:
@@ -55,45 +89,95 @@ def read_history(*paths: Path) -> list[dict]:
     return entries
 
 
-def check(*, verdict: Verdict, history: list[dict], db, initial_stock: dict[str, int]) -> Verdict:
+def _problem(verdict: Verdict, entries: list, what: str) -> None:
+    if entries:
+        verdict.problems.append(f"{len(entries)} {what}, e.g. {str(entries[0])[:400]}")
+
+
+def check(*, verdict: Verdict, history: list[dict], db, expect: Expect) -> Verdict:
     incr = [e for e in history if e["op"] == "incr"]
     orders = [e for e in history if e["op"] == "order"]
     for entry in incr + orders:
         setattr(verdict, entry["outcome"], getattr(verdict, entry["outcome"]) + 1)
-    reads = [e for e in history if e["op"] == "read"]
-    errors = [e for e in incr + orders + reads if e.get("status") == 500]
-    if errors:  # a 500 is a traceback: every failure must have a clear answer
-        verdict.problems.append(f"{len(errors)} answers were HTTP 500, e.g. {errors[0]}")
-    _check_counters(verdict, incr, db)
-    _check_reads(verdict, history)
-    _check_orders(verdict, orders, [e for e in history if e["op"] == "order_retry"], db,
-                  initial_stock)  # fmt: skip
+    verdict.max_answer_s = max((e.get("dur", 0.0) for e in incr), default=0.0)
+    unexpected = [e for e in history if e.get("cause") == "unexpected"]
+    _problem(verdict, unexpected, "answers neither a success, a clear error, a timeout nor a loss")
+    _check_recovery(verdict, incr, expect)
+    timeouts = [e for e in history if e.get("cause") == "timeout" and e["op"] != "read"]
+    if timeouts:
+        ops = sorted({e["op"] for e in timeouts})
+        verdict.notes.append(f"{len(timeouts)} {ops} got no answer within the client's timeout")
+    if expect.answer_bound_s is not None:
+        bound = expect.answer_bound_s
+        slow = [e for e in incr if e["outcome"] == "unknown" or e.get("dur", 0) > bound]
+        _problem(verdict, slow, f"increments without a definite answer within {bound:g} s (G7)")
+    totals = _check_counters(verdict, incr, db, expect)
+    _check_reads(verdict, history, incr)
+    _check_readback(verdict, totals, db, expect.web_url, expect.cache_url)
+    if verdict.republished and verdict.broker == "amqp":
+        verdict.problems.append(f"{verdict.republished} deltas re-published: RabbitMQ lost them")
+    elif verdict.republished:
+        verdict.notes.append(
+            f"{verdict.republished} deltas re-published by reconcile from the broker's record of "
+            "published deltas (tasks/inflight.py): messages the Redis broker lost (kombu's BRPOP "
+            "and its unacked record are two commands; a worker or broker dying in between loses "
+            "the message), or pushes a killed web process never finished"
+        )
+    retries = [e for e in history if e["op"] == "order_retry"]
+    _check_orders(verdict, orders, retries, db, expect.initial_stock)
     return verdict
 
 
-def _check_counters(verdict: Verdict, incr: list[dict], db) -> None:
+def _check_recovery(verdict: Verdict, incr: list[dict], expect: Expect) -> None:
+    after = [e for e in incr if e.get("t0", e["t"]) >= expect.fault_over]
+    for via in ("http", "api"):
+        oks = sum(1 for e in after if e.get("via") == via and e["outcome"] == "ok")
+        if oks < RECOVERY_OKS:
+            verdict.problems.append(f"not recovered: {oks} ok increments by {via} after the fault")
+    settled = expect.fault_over + RECOVERY_GRACE_S
+    late = [e for e in after if e["outcome"] != "ok" and e.get("t0", e["t"]) > settled]
+    _problem(verdict, late, f"increments not ok {RECOVERY_GRACE_S:g} s after the fault was over")
+
+
+def _check_counters(verdict: Verdict, incr: list[dict], db, expect: Expect) -> dict[str, int]:
+    """The counter rules; return each key's acknowledged total."""
     keys = sorted({e["key"] for e in incr})
-    values = dict(db.execute("SELECT key, value FROM counters_counter WHERE key = ANY(%s)",
-                             [keys]).fetchall())  # fmt: skip
+    values = dict(db.execute("SELECT key, value FROM counters_counter").fetchall())
     ledger = {
-        str(delta_id): (key, amount)
-        for delta_id, key, amount in db.execute(
-            "SELECT delta_id, key, amount FROM counters_applieddelta WHERE key = ANY(%s)", [keys]
+        delta_id: (key, amount, applied_at)
+        for delta_id, key, amount, applied_at in db.execute(
+            "SELECT delta_id::text, key, amount, extract(epoch FROM applied_at)::float8 "
+            "FROM counters_applieddelta"
         ).fetchall()
     }
-    applied = {i for i, (_, amount) in ledger.items() if amount != 0}
-    cancelled = {i for i, (_, amount) in ledger.items() if amount == 0}
-    dead = {
-        str(args[0])
-        for (args,) in db.execute(
-            "SELECT args FROM tasks_deadletter WHERE task_name = %s", ["counters.apply_deltas"]
-        ).fetchall()
-        if args
-    }
-    verdict.applied = len(applied)
+    applied = {i for i, (_, amount, _) in ledger.items() if amount != 0}
+    rows = db.execute("SELECT task_id, task_name, args, reason FROM tasks_deadletter").fetchall()
+    dead = {str(args[0]) for _, name, args, _ in rows if name == APPLY and args}
+    poison = {e["delta_id"] for e in incr if e["key"] == expect.dead_key and e["outcome"] == "ok"}
+    if len(rows) != len(poison) or dead != poison:
+        found = [(task_id, reason) for task_id, _, _, reason in rows]
+        verdict.problems.append(
+            f"dead letters {found[:5]} ({len(rows)}), expected exactly the {len(poison)} poison "
+            f"deltas {sorted(poison)[:5]}"
+        )
+    verdict.applied = sum(1 for i in applied if ledger[i][0] in keys)
+    sent = {e["delta_id"]: (e["key"], e["amount"]) for e in incr if e.get("delta_id") in ledger}
+    mismatched = [
+        (delta_id, (key, amount), ledger[delta_id][:2])
+        for delta_id, (key, amount) in sent.items()
+        if ledger[delta_id][0] != key or ledger[delta_id][1] not in (0, amount)
+    ]
+    _problem(verdict, mismatched, "ledger entries whose key or amount is not what was sent")
+    if expect.apply_within_s is not None:
+        ok = [e for e in incr if e["outcome"] == "ok" and e["delta_id"] in applied]
+        lag = max((ledger[e["delta_id"]][2] - e["t"] for e in ok), default=0.0)
+        verdict.notes.append(f"slowest ok delta applied {lag:.1f} s after its answer")
+        if max(lag, verdict.drain_s) > expect.apply_within_s:
+            verdict.problems.append(f"deltas not applied within {expect.apply_within_s:g} s")
     by_key: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for entry in incr:
         by_key[entry["key"]][entry["outcome"]].append(entry)
+    totals = {}
     for key in keys:
         ok, unknown, failed = (by_key[key][o] for o in ("ok", "unknown", "failed"))
         ok_ids = {e["delta_id"] for e in ok}
@@ -106,39 +190,75 @@ def _check_counters(verdict: Verdict, incr: list[dict], db) -> None:
             verdict.problems.append(
                 f"{key}: {len(failed_applied)} deltas answered 'not counted' were applied"
             )
-        dead_ok = sum(e["amount"] for e in ok if e["delta_id"] in dead)
         verdict.dead_lettered += sum(1 for e in ok if e["delta_id"] in dead)
-        low = sum(e["amount"] for e in ok) - dead_ok
-        high = low + sum(e["amount"] for e in unknown if e.get("delta_id") not in cancelled)
+        # An unknown answer without an id (its connection was lost) may have been applied: every
+        # applied delta nobody knows the id of must be one of them, with its amount.
+        known = ok_ids | {e.get("delta_id") for e in unknown + failed}
+        stray = Counter(ledger[i][1] for i in applied if ledger[i][0] == key and i not in known)
+        unsent = stray - Counter(e["amount"] for e in unknown if not e.get("delta_id"))
+        if unsent:
+            n = sum(unsent.values())
+            verdict.problems.append(f"{key}: {n} applied deltas nobody sent: {dict(unsent)}")
+        totals[key] = sum(e["amount"] for e in ok if e["delta_id"] not in dead) + sum(
+            e["amount"] for e in unknown if e.get("delta_id") in applied
+        )
+        totals[key] += sum(amount * n for amount, n in stray.items())
+        high = sum(e["amount"] for e in ok + unknown if e.get("delta_id") not in dead)
         value = values.get(key, 0)
-        ledger_sum = sum(amount for k, amount in ledger.values() if k == key)
+        ledger_sum = sum(amount for k, amount, _ in ledger.values() if k == key)
         if value != ledger_sum:
             verdict.doubled += abs(value - ledger_sum)
             verdict.problems.append(f"{key}: value {value} != ledger sum {ledger_sum}")
-        if value > high:
-            verdict.doubled += value - high
-            verdict.problems.append(f"{key}: durable {value} above ok+unknown {high}")
-        if value < low and not lost:
-            verdict.problems.append(f"{key}: durable {value} below ok {low}")
-        known = ok_ids | {e.get("delta_id") for e in unknown + failed}
-        stray = applied & {i for i, (k, _) in ledger.items() if k == key} - known
-        unknown_without_id = sum(1 for e in unknown if not e.get("delta_id"))
-        if len(stray) > unknown_without_id:
-            verdict.problems.append(f"{key}: {len(stray)} applied deltas nobody sent")
+        verdict.doubled += max(0, value - high)
+        if value != totals[key]:
+            verdict.problems.append(f"{key}: durable {value} != acknowledged total {totals[key]}")
+    return totals
 
 
-def _check_reads(verdict: Verdict, history: list[dict]) -> None:
-    violations = [e for e in history if e["op"] == "read_violation"]
-    reads = sum(e.get("reads", 0) for e in history if e["op"] == "done")
-    verdict.notes.append(f"{reads} reads checked")
-    if violations:
-        first = violations[0]
-        verdict.problems.append(
-            f"{len(violations)} reads out of bounds, e.g. {first['key']}: "
-            f"{first['floor']} <= {first['value']} <= {first['ceiling']} broken"
-        )
-    if not reads:
+def _check_reads(verdict: Verdict, history: list[dict], incr: list[dict]) -> None:
+    """G5 for every read of the run; the ceiling is computed here, from the increments."""
+    starts: dict[str, list[float]] = defaultdict(list)
+    sums: dict[str, list[int]] = defaultdict(lambda: [0])
+    for e in sorted(incr, key=lambda e: e.get("t0", e["t"])):
+        if e["outcome"] != "failed":
+            starts[e["key"]].append(e.get("t0", e["t"]))
+            sums[e["key"]].append(sums[e["key"]][-1] + e["amount"])
+    reads = [e for e in history if e["op"] == "read"]
+    checked, broken = 0, []
+    for read in reads:
+        if read["cause"]:
+            continue
+        checked += 1
+        ceiling = sums[read["key"]][bisect.bisect_left(starts[read["key"]], read["t"])]
+        if not read["floor"] <= read["value"] <= ceiling:
+            broken.append({**read, "ceiling": ceiling})
+    _problem(verdict, broken, "reads out of bounds (floor <= value <= ceiling broken)")
+    _problem(verdict, [e for e in reads if e["cause"] == "timeout"], "reads without an answer (G7)")
+    unavailable = sum(1 for e in reads if e["cause"] == "unavailable")
+    verdict.notes.append(f"{checked} reads checked, {unavailable} answered 503 (not cached)")
+    if not checked:
         verdict.problems.append("no read was checked")
+
+
+def _check_readback(verdict: Verdict, totals: dict, db, web_url: str, cache_url: str) -> None:
+    """After the drain: cache = database = acknowledged total, for every counter."""
+    import redis
+
+    values = dict(db.execute("SELECT key, value FROM counters_counter").fetchall())
+    cache = redis.Redis.from_url(cache_url, socket_timeout=5)
+    try:
+        for key, total in totals.items():
+            status, body = http_json("GET", f"{web_url}/api/counters/{key}", timeout=10)
+            cached = cache.hmget(f"cnt:{key}", "durable", "pending")
+            in_cache = sum(int(v) for v in cached) if None not in cached else None
+            seen = (status, body.get("value"), in_cache, values.get(key, 0))
+            if seen != (200, total, total, total):
+                verdict.problems.append(
+                    f"{key} after the drain: (status, read, cache, database) {seen}, "
+                    f"acknowledged total {total}"
+                )
+    finally:
+        cache.close()
 
 
 def _check_orders(verdict: Verdict, orders: list[dict], retries: list[dict], db,
@@ -183,9 +303,8 @@ def _check_orders(verdict: Verdict, orders: list[dict], retries: list[dict], db,
     if missing:
         verdict.lost += len(missing)
         verdict.problems.append(f"{len(missing)} acknowledged orders missing")
-    unresolved = {e["key"] for e in orders if e["outcome"] == "unknown"} - {
-        e["key"] for e in retries
-    }
+    resolved = {e["key"] for e in retries if e["outcome"] != "unknown"}
+    unresolved = {e["key"] for e in orders if e["outcome"] == "unknown"} - resolved
     if unresolved:
         verdict.problems.append(f"{len(unresolved)} orders still unknown after retrying")
     verdict.notes.append(f"{len(in_db)} orders")

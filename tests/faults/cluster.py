@@ -25,13 +25,21 @@ import psycopg
 from project import devservers
 from project.processes import process_commands
 from tasks.selectors import rabbitmq_api
+from tasks.topology import WORK_QUEUES
 
 from ..helpers import BASE_DIR, wait_for
 from .load import http_json
 
-# Short enough that the Redis broker's "main process killed" scenario drains in seconds; longer
-# than twice the test settings' largest retry countdown (2 s), as the system check requires.
+# The Redis broker's visibility timeout unless a scenario sets its own (the production one):
+# short enough that the "main process killed" scenario drains in seconds; longer than twice the
+# test settings' largest retry countdown (2 s), as the system check requires.
 VISIBILITY_TIMEOUT_S = 10
+
+
+class DrainTimeout(AssertionError):
+    def __init__(self, waited: float, pending: int):
+        super().__init__(f"not drained after {waited:.0f} s: {pending} messages pending")
+        self.waited = waited
 
 
 @dataclass
@@ -108,6 +116,7 @@ class Cluster:
     amqp_base: str
     faults: str = ""  # COUNTER_FAULTS
     cache_extra: list[str] = field(default_factory=list)
+    visibility_timeout: int = VISIBILITY_TIMEOUT_S  # REDIS_BROKER_VISIBILITY_TIMEOUT
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
@@ -167,7 +176,7 @@ class Cluster:
             "REDIS_URL": self.cache_url,
             "CELERY_BROKER_URL": self.broker_url,
             "COUNTER_FAULTS": self.faults,
-            "REDIS_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+            "REDIS_BROKER_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             "DATABASE_CONNECT_TIMEOUT": "2",
             "DATABASE_STATEMENT_TIMEOUT_MS": "5000",
             "COUNTER_PUBLISH_TIMEOUT_S": "3",
@@ -229,6 +238,11 @@ class Cluster:
 
         return redis.Redis.from_url(self.cache_url, socket_timeout=5)
 
+    def broker_client(self, timeout: float = 5):
+        import redis
+
+        return redis.Redis.from_url(self.broker_url, socket_timeout=timeout)
+
     def manage(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env(),
@@ -239,15 +253,8 @@ class Cluster:
         """Messages not yet done in the work queues: ready, held by a worker (unacknowledged,
         including retries waiting for their countdown)."""
         if self.broker == "redis":
-            import redis
-
-            client = redis.Redis.from_url(self.broker_url)
-            try:
-                return sum(client.llen(q) for q in ("counters", "orders", "default")) + client.hlen(
-                    "unacked"
-                )
-            finally:
-                client.close()
+            with contextlib.closing(self.broker_client()) as client:
+                return sum(client.llen(q) for q in WORK_QUEUES) + client.hlen("unacked")
         done = subprocess.run(
             ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "-p", self.vhost,
              "name", "messages"],
@@ -280,16 +287,18 @@ class Cluster:
             else:
                 zero_since = None
             if now - started > timeout:
-                raise AssertionError(f"not drained after {timeout}s: {pending} pending")
+                raise DrainTimeout(round(now - started, 1), pending)
             time.sleep(0.5)
 
     def db(self):
         return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
 
     def stop(self) -> None:
+        """Tear down after the verdict: nothing left to save, so no graceful shutdowns (they cost
+        seconds a scenario)."""
         self._supervising = False
         for proc in reversed(list(self.procs.values())):
-            proc.stop()
+            proc.kill()
         for server in self.servers.values():
             with contextlib.suppress(Exception):
                 os.kill(server.process.pid, signal.SIGCONT)

@@ -1,12 +1,21 @@
 """The load process of a fault scenario: ``python -m tests.faults.load CONFIG``.
 
 Sends increments over HTTP and through the Python API, places orders over HTTP, and reads the
-counters, until the stop file appears. Every operation is logged as one JSON line with its
-outcome, as a Jepsen client would: ``ok`` (success), ``failed`` (a clear error: nothing happened)
-or ``unknown`` (timeout, connection lost, a server error: it may or may not have happened).
-A read is logged when it breaks G5 (below the durable value read just before it, or above every
-amount sent so far). Orders whose outcome is unknown are retried with the same Idempotency-Key
-at the end, until each has a definite answer.
+counters, until the stop file appears. Every operation is logged as one JSON line with its start
+(``t0``) and end (``t``) time and its outcome, as a Jepsen client would: ``ok`` (success),
+``failed`` (a clear answer that nothing happened: a 503 ``"counted": false``, a 4xx, a refused
+connection) or ``unknown`` (it may or may not have happened: a timeout, a lost connection, a 503
+``"counted": null``). Anything else (a 500, a 502, a 503 without its verdict, an exception the
+API should not let out) is logged as ``unknown`` with the cause ``unexpected``, which fails the
+run. Orders whose outcome is unknown are retried with the same Idempotency-Key at the end, until
+each has a definite answer.
+
+Every read is logged with its start and end time, its answer and the floor known at its start:
+the largest durable value observed in PostgreSQL so far (a thread of its own polls it, with client
+timeouts, so a read is never skipped because PostgreSQL is down or hung). The load only sends
+positive deltas, so the durable value only grows and the last one observed is a valid floor. The
+checker computes the ceiling afterwards from the log (G5). With signed deltas the floor would be
+the durable value plus the acknowledged negative deltas not yet applied.
 """
 
 from __future__ import annotations
@@ -28,12 +37,26 @@ import django
 # Above the longest wait for a 503 (two attempts, each a 3 s confirm timeout and a 3 s socket
 # timeout here), so the answer comes before the client gives up.
 HTTP_TIMEOUT_S = 20.0
+NO_ANSWER = ("timeout", "connection lost")  # the only causes of an "unknown" without a verdict
+
+
+def no_answer_cause(exc: BaseException) -> str:
+    """Why a request got no HTTP answer: timeout, connection lost, refused (never sent) or
+    other (e.g. a body that is not JSON)."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return "timeout"
+    if isinstance(reason, ConnectionRefusedError):
+        return "refused"
+    if isinstance(reason, ConnectionError | http.client.HTTPException):
+        return "connection lost"
+    return "other"
 
 
 def http_json(method: str, url: str, body: dict | None = None, *, headers: dict | None = None,
               timeout: float) -> tuple[int, dict]:  # fmt: skip
-    """One JSON request: (status, decoded body); status 0 and ``{"exception": ...}`` when no
-    answer came (timeout, connection lost)."""
+    """One JSON request: (status, decoded body); status 0 and ``{"exception", "cause"}`` when no
+    answer came."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
         url, data=data, method=method,
@@ -45,10 +68,49 @@ def http_json(method: str, url: str, body: dict | None = None, *, headers: dict 
     except urllib.error.HTTPError as exc:
         try:
             return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
+        except (ValueError, OSError, http.client.HTTPException):
             return exc.code, {}
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        return 0, {"exception": repr(exc)}
+        return 0, {"exception": repr(exc), "cause": no_answer_cause(exc)}
+
+
+def incr_outcome(status: int, body: dict) -> tuple[str, str]:
+    """(outcome, cause) of an increment over HTTP."""
+    if status == 200 and body.get("delta_id"):
+        return "ok", ""
+    if status == 503 and "counted" in body and body["counted"] is False:
+        return "failed", "not counted"
+    if status == 503 and "counted" in body and body["counted"] is None:
+        return "unknown", "maybe"  # an explicit "may or may not be counted"
+    if status == 0 and body.get("cause") in NO_ANSWER:
+        return "unknown", body["cause"]
+    if status == 0 and body.get("cause") == "refused":
+        return "failed", "refused"
+    return "unknown", "unexpected"
+
+
+def order_outcome(status: int, body: dict) -> tuple[str, str]:
+    if status == 201:
+        return "ok", ""
+    if 400 <= status < 500:
+        return "failed", str(status)
+    if status == 503 and "Idempotency-Key" in str(body.get("error")):
+        return "unknown", "retry"
+    if status == 0 and body.get("cause") in NO_ANSWER:
+        return "unknown", body["cause"]
+    if status == 0 and body.get("cause") == "refused":
+        return "failed", "refused"
+    return "unknown", "unexpected"
+
+
+def read_cause(status: int, body: dict) -> str:
+    if status == 200 and isinstance(body.get("value"), int):
+        return ""
+    if status == 503 and body.get("error"):
+        return "unavailable"  # not cached and PostgreSQL unreachable: a clear answer
+    if status == 0 and body.get("cause") in (*NO_ANSWER, "refused"):
+        return body["cause"]
+    return "unexpected"
 
 
 class Load:
@@ -59,11 +121,11 @@ class Load:
         self.stop_file = Path(config["stop_file"])
         self.log = open(config["log"], "a", buffering=1)
         self.lock = threading.Lock()
-        self.sent: dict[str, int] = {k: 0 for k in self.keys}  # amounts sent so far (ceiling)
+        self.floor: dict[str, int] = dict.fromkeys(self.keys, 0)  # largest durable value seen
         self.reads = 0
 
     def record(self, **entry) -> None:
-        entry["t"] = time.time()
+        entry.setdefault("t", time.time())
         with self.lock:
             self.log.write(json.dumps(entry) + "\n")
 
@@ -75,27 +137,18 @@ class Load:
         return http_json(method, self.base + path, body, headers=headers, timeout=HTTP_TIMEOUT_S)
 
     # --- increments -------------------------------------------------------------------------
-    def _pick(self, rng: random.Random) -> tuple[str, int]:
-        key = rng.choice(self.keys)
-        amount = rng.randint(1, 3)
-        with self.lock:
-            self.sent[key] += amount
-        return key, amount
-
     def http_increments(self, seed: int) -> None:
         rng = random.Random(seed)
         while self.running():
-            key, amount = self._pick(rng)
+            key, amount = rng.choice(self.keys), rng.randint(1, 3)
+            t0 = time.time()
             status, body = self.http("POST", f"/api/counters/{key}/incr", {"amount": amount})
-            if status == 200:
-                outcome = "ok"
-            elif status == 503 and body.get("counted") is False:
-                outcome = "failed"
-            else:  # no answer, a 5xx without a verdict, or "may or may not be counted"
-                outcome = "unknown"
-            self.record(op="incr", via="http", key=key, amount=amount, outcome=outcome,
-                        delta_id=body.get("delta_id"), status=status,
-                        detail=body.get("error") or body.get("exception"))  # fmt: skip
+            t = time.time()
+            outcome, cause = incr_outcome(status, body)
+            entry = {"outcome": outcome, "cause": cause, "status": status, "t0": t0, "t": t}
+            entry.update(dur=round(t - t0, 3), delta_id=body.get("delta_id"))
+            entry["detail"] = body.get("error") or body.get("exception")
+            self.record(op="incr", via="http", key=key, amount=amount, **entry)
             time.sleep(self.config["pause"])
 
     def api_increments(self, seed: int) -> None:
@@ -103,45 +156,45 @@ class Load:
 
         rng = random.Random(seed)
         while self.running():
-            key, amount = self._pick(rng)
+            key, amount = rng.choice(self.keys), rng.randint(1, 3)
+            t0 = time.time()
             try:
                 increment = services.counter_incr(key=key, amount=amount)
-                entry = {"outcome": "ok", "delta_id": increment.delta_id}
+                entry = {"outcome": "ok", "cause": "", "delta_id": increment.delta_id}
             except services.CounterUnavailable as exc:
-                outcome = "failed" if exc.counted is False else "unknown"
-                entry = {"outcome": outcome, "delta_id": exc.delta_id, "detail": str(exc)}
+                outcome, cause = {False: ("failed", "not counted"), None: ("unknown", "maybe")}.get(
+                    exc.counted, ("unknown", "unexpected")
+                )
+                entry = {"outcome": outcome, "cause": cause, "delta_id": exc.delta_id}
+                entry["detail"] = str(exc)
             except Exception as exc:  # the service let something else escape: record it
-                entry = {"outcome": "unknown", "detail": repr(exc)}
+                entry = {"outcome": "unknown", "cause": "unexpected", "detail": repr(exc)}
+            t = time.time()
+            entry.update(t0=t0, t=t, dur=round(t - t0, 3))
             self.record(op="incr", via="api", key=key, amount=amount, **entry)
             time.sleep(self.config["pause"])
 
     # --- orders -----------------------------------------------------------------------------
-    def place(self, order_key: str, sku: str, qty: int) -> tuple[str, int, dict]:
+    def place(self, order_key: str, sku: str, qty: int) -> tuple[str, str, int, dict]:
         status, body = self.http(
             "POST", "/api/orders", {"account": self.config["account"],
                                     "lines": [{"sku": sku, "qty": qty}]},
             headers={"Authorization": f"Bearer {self.config['token']}",
                      "Idempotency-Key": order_key},
         )  # fmt: skip
-        if status == 201:
-            return "ok", status, body
-        if 400 <= status < 500:
-            return "failed", status, body
-        return "unknown", status, body
+        return (*order_outcome(status, body), status, body)
 
     def orders(self, seed: int) -> None:
         rng = random.Random(seed)
         unknown: list[tuple[str, str, int]] = []
         while self.running():
-            order_key, sku, qty = (
-                uuid.uuid4().hex,
-                rng.choice(self.config["skus"]),
-                rng.randint(1, 2),
-            )
-            outcome, status, body = self.place(order_key, sku, qty)
-            self.record(op="order", key=order_key, sku=sku, qty=qty, outcome=outcome,
-                        status=status, order_id=body.get("id"),
-                        detail=body.get("error") or body.get("exception"))  # fmt: skip
+            order_key, sku = uuid.uuid4().hex, rng.choice(self.config["skus"])
+            qty = rng.randint(1, 2)
+            t0 = time.time()
+            outcome, cause, status, body = self.place(order_key, sku, qty)
+            entry = {"outcome": outcome, "cause": cause, "status": status, "t0": t0}
+            entry.update(order_id=body.get("id"), detail=body.get("error") or body.get("exception"))
+            self.record(op="order", key=order_key, sku=sku, qty=qty, **entry)
             if outcome == "unknown":
                 unknown.append((order_key, sku, qty))
             time.sleep(self.config["pause"] * 4)
@@ -149,46 +202,62 @@ class Load:
         deadline = time.monotonic() + 60
         while unknown and time.monotonic() < deadline:
             order_key, sku, qty = unknown[0]
-            outcome, status, body = self.place(order_key, sku, qty)
+            t0 = time.time()
+            outcome, cause, status, body = self.place(order_key, sku, qty)
+            entry = {"outcome": outcome, "cause": cause, "status": status, "t0": t0}
+            entry.update(order_id=body.get("id"), detail=body.get("error") or body.get("exception"))
+            if outcome != "unknown" or cause == "unexpected":
+                self.record(op="order_retry", key=order_key, **entry)
             if outcome == "unknown":
                 time.sleep(1)
                 continue
             unknown.pop(0)
-            self.record(op="order_retry", key=order_key, outcome=outcome, status=status,
-                        order_id=body.get("id"))  # fmt: skip
 
     # --- reads ------------------------------------------------------------------------------
-    def reader(self) -> None:
+    def floor_poller(self) -> None:
+        """Keep ``self.floor`` at the largest durable values PostgreSQL has shown."""
         import psycopg
 
         conn = None
         while self.running():
+            try:
+                if conn is None:
+                    url = self.config["database_url"]
+                    conn = psycopg.connect(url, autocommit=True, connect_timeout=2)
+                rows = conn.execute(
+                    "SELECT key, value FROM counters_counter WHERE key = ANY(%s)", [self.keys]
+                ).fetchall()
+            except Exception:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.5)
+                continue
+            with self.lock:
+                for key, value in rows:
+                    self.floor[key] = max(self.floor[key], value)
+            time.sleep(0.1)
+
+    def reader(self) -> None:
+        while self.running():
             for key in self.keys:
-                try:
-                    if conn is None or conn.closed:
-                        conn = psycopg.connect(self.config["database_url"], autocommit=True,
-                                               connect_timeout=2)  # fmt: skip
-                    row = conn.execute("SELECT value FROM counters_counter WHERE key = %s",
-                                       [key]).fetchone()  # fmt: skip
-                    floor = row[0] if row else 0
-                except Exception:
-                    conn = None  # PostgreSQL is down: no floor to compare with
-                    continue
-                status, body = self.http("GET", f"/api/counters/{key}")
-                if status == 500:
-                    self.record(op="read", key=key, status=status, outcome="error")
-                if status != 200:
-                    continue
                 with self.lock:
-                    ceiling = self.sent[key]
+                    floor = self.floor[key]
+                t0 = time.time()
+                status, body = self.http("GET", f"/api/counters/{key}")
+                t = time.time()
+                cause = read_cause(status, body)
+                entry = {"t0": t0, "t": t, "floor": floor, "status": status, "cause": cause}
+                entry["value"] = None if cause else body["value"]
+                entry["detail"] = None if status == 200 else str(body)[:200]
+                self.record(op="read", key=key, **entry)
+                if not cause:
                     self.reads += 1
-                value = body["value"]
-                if not floor <= value <= ceiling:
-                    self.record(op="read_violation", key=key, floor=floor, value=value,
-                                ceiling=ceiling)  # fmt: skip
             time.sleep(0.05)
 
     def run(self) -> None:
+        # PostgreSQL may hang (SIGSTOP): the poller is a daemon, never waited for.
+        threading.Thread(target=self.floor_poller, daemon=True).start()
         workers = [
             threading.Thread(target=self.http_increments, args=(1,)),
             threading.Thread(target=self.http_increments, args=(2,)),
