@@ -24,6 +24,9 @@ class CounterAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # counters change only through deltas
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # a deleted row would restart at 0 and refuse cache fills for good
+
 
 @admin.register(AppliedDelta)
 class AppliedDeltaAdmin(admin.ModelAdmin):
@@ -36,6 +39,9 @@ class AppliedDeltaAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # a deleted id could be applied a second time (G2)
 
 
 @admin.register(Article)

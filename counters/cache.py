@@ -52,11 +52,12 @@ EPHEMERAL_PREFIX = "eph:"
 # when ``since`` is given and the hash was filled after it: a fill made after the delta's publish
 # may already hold the delta (applied before the fill read PostgreSQL), and recording it as
 # pending would count it twice. The caller asks the ledger and calls again with mode "pending"
-# (not applied: record it) or "applied" (the hash holds it, or will as the apply's tombstone).
+# (not applied: record it, unless the hash was filled again since it asked) or "applied" (the
+# hash holds it, or will as the apply's tombstone).
 BUMP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local mode = ARGV[5]
-if mode == '' and ARGV[4] ~= '' then
+if mode ~= 'applied' and ARGV[4] ~= '' then
   local filled = tonumber(redis.call('HGET', KEYS[1], 'filled_at') or '0')
   if filled >= tonumber(ARGV[4]) then return {0} end
 end

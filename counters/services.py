@@ -161,12 +161,18 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
 
 def _bump_after_fill(*, key: str, delta_id: str, amount: int, fill: bool) -> int:
     """The hash is missing (``fill``: fill it now) or was filled after the delta's publish: the
-    filled value holds the delta if the ledger has it, so record it as pending only if not."""
+    filled value holds the delta if the ledger has it, so record it as pending only if not. A hash
+    filled again after the ledger was asked (evicted, applied, refilled meanwhile) asks again."""
     filled = counter_fill(keys=[key])[key] if fill else None
-    applied = AppliedDelta.objects.filter(delta_id=delta_id).exists()
-    value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(),
-                       mode="applied" if applied else "pending")  # fmt: skip
-    if value is None:  # evicted again meanwhile: report the database's view
+    applied = False
+    for _ in range(3):
+        asked_at = time.time()
+        applied = AppliedDelta.objects.filter(delta_id=delta_id).exists()
+        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(),
+                           since=asked_at, mode="applied" if applied else "pending")  # fmt: skip
+        if value is not cache.ASK_LEDGER:
+            break
+    if value is None or value is cache.ASK_LEDGER:  # evicted or refilled again: the database
         durable = filled.durable if filled else _durable_values(keys=[key])[key][0]
         value = durable + (0 if applied else amount)
     return value
@@ -451,11 +457,13 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
 def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
     if broker_kind(app) == "redis":
         try:
-            counts = redis_delivery_counts(
-                app=app, messages=[(d.message_id, d.retries) for d in deltas]
-            )
-            for delta, count in zip(deltas, counts, strict=True):
-                delta.deliveries = count
+            # Once per distinct message: copies of one delta in the same job (a restore after a
+            # broker restart, a duplicate publish) are one delivery, not several.
+            distinct = list(dict.fromkeys((d.message_id, d.retries) for d in deltas))
+            counts = dict(zip(distinct, redis_delivery_counts(app=app, messages=distinct),
+                              strict=True))  # fmt: skip
+            for delta in deltas:
+                delta.deliveries = counts[(delta.message_id, delta.retries)]
         except Exception:  # counting must never stop deltas from being applied
             logger.exception("could not count deliveries")
 
@@ -569,13 +577,15 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
         kwargs=kwargs, attempts=delta.retries + 1, deliveries=delta.deliveries, broker=kind,
     )  # fmt: skip
     try:
-        dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
         if kind == "redis":
+            # The queue's copy first: a row recorded and then a failed publish would leave the
+            # delta both dead-lettered and retried.
             dead_letter_publish_task(
                 app=app, task_id=delta.message_id, task_name=APPLY_TASK, args=list(delta.args),
                 kwargs=kwargs, retries=delta.retries, queue="counters", reason=reason,
                 exception=exception,
             )  # fmt: skip
+        dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
     except Exception as exc:
         # The dead-letter table or queue is unreachable (or the database is read-only): a
         # transient condition. Keep the delta alive with a backoff instead of giving it back at
@@ -592,8 +602,9 @@ def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
         except redis.exceptions.RedisError as exc:
             logger.warning("dead letter %s still pending in the cache: %r", delta.message_id, exc)
     metrics.dead_letters.labels(reason=reason).inc()
+    # Its in-flight record stays (until a replay is applied, or it is discarded): a replayed copy
+    # lost by the broker is re-published from it like any other delta.
     outcome.settled.add(delta.message_id)
-    outcome.done.append(delta.message_id)
     outcome.reject.append(delta.message_id)
 
 
@@ -645,7 +656,8 @@ def counter_reconcile(*, tombstone_age_s: float = 600.0,
 def delta_republish_stranded(*, republish_after_s: float | None = None) -> list[Repair]:
     """Publish again, under their own ids, the deltas the Redis broker recorded as published
     (tasks/inflight.py) more than ``republish_after_s`` ago (default ``COUNTER_REPUBLISH_AFTER_S``)
-    that are neither in the ledger nor dead-lettered; forget those that are.
+    that are neither in the ledger nor dead-lettered (a replayed dead letter is live again);
+    forget those applied, cancelled or discarded.
 
     Such a delta was acknowledged, so its message must exist; on the Redis broker it can be gone
     (lost between kombu's BRPOP and its unacknowledged record when a worker or the broker dies).
@@ -665,10 +677,13 @@ def delta_republish_stranded(*, republish_after_s: float | None = None) -> list[
         chunk = ids[start : start + 1000]
         done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=_uuids(chunk))
                 .values_list("delta_id", flat=True)}  # fmt: skip
-        done |= set(DeadLetter.objects.filter(task_id__in=chunk).values_list("task_id", flat=True))
+        letters = dict(DeadLetter.objects.filter(task_id__in=chunk)
+                       .values_list("task_id", "status"))  # fmt: skip
+        done |= {i for i, status in letters.items() if status == DeadLetter.Status.DISCARDED}
+        dead = {i for i, status in letters.items() if status == DeadLetter.Status.DEAD}
         inflight_forget(app=app, queue=COUNTERS_QUEUE, message_ids=[i for i in chunk if i in done])
         for delta_id in chunk:
-            if delta_id not in done:
+            if delta_id not in done and delta_id not in dead:  # a replayed one is live again
                 payload = old[delta_id]
                 delta_publish(delta_id=delta_id, key=payload["key"], amount=payload["amount"],
                               published_at=payload.get("published_at"))  # fmt: skip

@@ -105,12 +105,16 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
     deltas = [
         IncomingDelta(
             message_id=request.id,
-            args=list(request.args),
+            # Whatever a malformed message carries, it becomes a malformed delta (dead-lettered
+            # by the batch), never an error that gives the whole batch back.
+            args=list(request.args) if isinstance(request.args, list | tuple) else [request.args],
             retries=_int_or_zero(request.request_dict.get("retries")),
             # RabbitMQ quorum queues count earlier deliveries; the Redis broker's are counted in
             # delta_batch_apply.
             deliveries=_int_or_zero(request.request_dict.get("x-delivery-count")) + 1,
-            published_at=_float_or_none((request.kwargs or {}).get("published_at")),
+            published_at=_float_or_none(
+                request.kwargs.get("published_at") if isinstance(request.kwargs, dict) else None
+            ),
         )
         for request in requests
     ]

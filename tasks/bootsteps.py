@@ -68,12 +68,21 @@ def restore_deliveries(*, old_qos, channel) -> int:
     old_qos._on_collect.cancel()
     old_qos._delivered.restored = True  # kombu's own restore must not run later on top of this
     restored: set = set()
+    # Installed first, so a restore that fails halfway still protects the copies it made: a
+    # late ack or reject of an old message must not remove its copy's unacked record.
+    ack, reject = old_qos.ack, old_qos.reject
+    old_qos.ack = lambda delivery_tag: None if delivery_tag in restored else ack(delivery_tag)
+    old_qos.reject = lambda delivery_tag, requeue=False: (
+        None if delivery_tag in restored else reject(delivery_tag, requeue=requeue)
+    )
+    # A delivery whose unacked record failed never ran anywhere: restored whatever its queue.
+    lost = getattr(old_qos, "_lost_tags", set())
     with channel.conn_or_acquire() as client:
         for tag, message in list(old_qos._delivered.items()):
-            if message.delivery_info.get("routing_key") not in RESTORABLE_QUEUES:
+            routing_key = message.delivery_info.get("routing_key")
+            if routing_key not in RESTORABLE_QUEUES and tag not in lost:
                 continue
-            fallback = (message._raw, message.delivery_info["exchange"],
-                        message.delivery_info["routing_key"])  # fmt: skip
+            fallback = (message._raw, message.delivery_info["exchange"], routing_key)
             try:
                 client.transaction(
                     lambda pipe, tag=tag, fallback=fallback: _requeue(pipe, channel, tag, fallback),
@@ -85,13 +94,6 @@ def restore_deliveries(*, old_qos, channel) -> int:
                 continue
             old_qos._delivered.pop(tag, None)
             restored.add(tag)
-    # The copies carry the same delivery tags: a late ack or reject of an old message (a batch
-    # that finishes now) must not remove its copy's unacked record.
-    ack, reject = old_qos.ack, old_qos.reject
-    old_qos.ack = lambda delivery_tag: None if delivery_tag in restored else ack(delivery_tag)
-    old_qos.reject = lambda delivery_tag, requeue=False: (
-        None if delivery_tag in restored else reject(delivery_tag, requeue=requeue)
-    )
     return len(restored)
 
 
@@ -124,6 +126,9 @@ def _append_keeping_lost(self, message, delivery_tag):
         _kombu_append(self, message, delivery_tag)
     except self.channel.connection_errors:
         kombu_virtual.QoS.append(self, message, delivery_tag)
+        if not hasattr(self, "_lost_tags"):
+            self._lost_tags = set()
+        self._lost_tags.add(delivery_tag)
         logger.warning("delivery %s taken from the queue but not recorded as unacked",
                        delivery_tag)  # fmt: skip
         raise
