@@ -1,6 +1,17 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 
-from .models import Account, IdempotencyRecord, Order, OrderLine, Payment, Product
+from . import staff
+from .models import (
+    Account,
+    IdempotencyRecord,
+    Order,
+    OrderLine,
+    Payment,
+    Product,
+    StockChange,
+)
+from .services import OrderInputError
 
 
 class PaymentInline(admin.TabularInline):
@@ -15,18 +26,95 @@ class PaymentInline(admin.TabularInline):
         return False
 
 
+def _changed(form, fields) -> dict:
+    return {name: form.cleaned_data[name] for name in form.changed_data if name in fields}
+
+
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
     list_display = ["id", "name", "owner", "balance", "version"]
     readonly_fields = ["balance", "version"]  # balances change only through services
     inlines = [PaymentInline]
 
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # Only the fields this form changed, under the row lock, with a new version (the cached
+        # copy is replaced after the commit); never the balance the form was opened with.
+        changes = _changed(form, staff.ACCOUNT_FIELDS)
+        if changes:
+            staff.account_update(account_id=obj.pk, changes=changes)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # an account with payments is history
+
+
+class ProductForm(forms.ModelForm):
+    stock_change = forms.IntegerField(
+        required=False, help_text="Add (or, negative, remove) this many units, under a row lock."
+    )
+    stock_change_reason = forms.CharField(
+        required=False, max_length=200, help_text="Why the stock changes (recorded)."
+    )
+
+    class Meta:
+        model = Product
+        fields = ["sku", "name", "price", "stock"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("stock_change") and not (data.get("stock_change_reason") or "").strip():
+            self.add_error("stock_change_reason", "Say why the stock changes.")
+        return data
+
+
+class StockChangeInline(admin.TabularInline):
+    """Append-only: who changed the stock, by how much, why."""
+
+    model = StockChange
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["created_at", "change", "stock_after", "reason", "actor"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
 
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
+    form = ProductForm
     list_display = ["sku", "name", "price", "stock", "version"]
     search_fields = ["sku", "name"]
-    readonly_fields = ["version"]
+    inlines = [StockChangeInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The stock of an existing product changes through orders and stock changes only.
+        return ["stock", "version"] if obj else ["version"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["sku", "name", "price", "stock", "version"]
+        return [*fields, "stock_change", "stock_change_reason"] if obj else fields
+
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        changes = _changed(form, staff.PRODUCT_FIELDS)
+        try:
+            if changes:
+                staff.product_update(product_id=obj.pk, changes=changes)
+            if form.cleaned_data.get("stock_change"):
+                staff.product_stock_adjust(
+                    product_id=obj.pk, change=form.cleaned_data["stock_change"],
+                    reason=form.cleaned_data["stock_change_reason"], actor=request.user,
+                )  # fmt: skip
+        except OrderInputError as exc:
+            messages.error(request, str(exc))
+        obj.refresh_from_db()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # ordered products are history
 
 
 class OrderLineInline(admin.TabularInline):

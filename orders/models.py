@@ -112,3 +112,22 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"token of {self.user_id}"
+
+
+class StockChange(models.Model):
+    """Append-only record of every stock change staff make (orders are recorded by their lines):
+    who, by how much, why, and the stock it left."""
+
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="stock_changes")
+    change = models.IntegerField()
+    stock_after = models.IntegerField()
+    reason = models.CharField(max_length=200)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True,
+                              blank=True, related_name="+")  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.product_id} {self.change:+d} ({self.reason})"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +31,8 @@ from counters.services import counter_incr
 from . import cache
 from .models import Account, IdempotencyRecord, Order, OrderLine, Payment, Product
 from .selectors import account_data, order_data
+
+logger = logging.getLogger(__name__)
 
 MAX_QTY = 1000
 MAX_LINES = 50
@@ -133,6 +136,9 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
         locked = list(
             Product.objects.select_for_update().filter(sku__in=wanted).order_by("pk")
         )  # lock order: account, then products by primary key
+        gone = sorted(set(wanted) - {p.sku for p in locked})
+        if gone:  # deleted or renamed since the check above: never place the order without it
+            return 409, {"error": f"no longer available: {', '.join(gone)}"}
         total = sum(p.price * wanted[p.sku] for p in locked)
         if account.balance < total:
             return 409, {"error": f"insufficient balance: {account.balance} < {total}"}
@@ -153,7 +159,7 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
         Payment.objects.create(account=account, order=order, kind=Payment.Kind.ORDER_DEBIT,
                                amount=-total)  # fmt: skip
         _after_commit_order(
-            order=order, account=account, sold={p.sku: wanted[p.sku] for p in locked}
+            order=order, account=account, sold={p.pk: wanted[p.sku] for p in locked}
         )
         return 201, order_data(order)
 
@@ -161,7 +167,7 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
                        payload={"account": account_id, "lines": wanted}, run=run)  # fmt: skip
 
 
-def _after_commit_order(*, order: Order, account: Account, sold: dict[str, int]) -> None:
+def _after_commit_order(*, order: Order, account: Account, sold: dict[int, int]) -> None:
     from .tasks import send_order_confirmation
 
     _account_cache_after_commit(account)
@@ -170,10 +176,15 @@ def _after_commit_order(*, order: Order, account: Account, sold: dict[str, int])
     # error for the client (the mail is lost: follow-ups have no outbox yet, see the README).
     # (A lambda, not functools.partial: Django's robust on_commit logs the callable's __qualname__.)
     transaction.on_commit(lambda: send_order_confirmation.delay(order.pk), robust=True)
-    # Durable counters defer themselves to the commit inside a transaction (G2b).
-    counter_incr(key="orders_placed:all")
-    for sku, qty in sold.items():
-        counter_incr(key=f"product_units_sold:{sku.lower()}", amount=qty)
+    # Durable counters defer themselves to the commit inside a transaction (G2b). Keyed by the
+    # product's id, not its SKU: any SKU ("Blue Mug #2") is orderable, and a renamed one keeps
+    # its count. A follow-up must never abort the order it follows.
+    try:
+        counter_incr(key="orders_placed:all")
+        for product_id, qty in sold.items():
+            counter_incr(key=f"product_units_sold:{product_id}", amount=qty)
+    except Exception:
+        logger.exception("order %s: its counters could not be deferred", order.pk)
 
 
 def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:

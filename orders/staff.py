@@ -1,0 +1,65 @@
+"""What staff change through the admin, as services: each takes the row lock, changes only the
+fields it names, bumps the version and writes the cache through after the commit. A form saved
+as a whole would put back values that orders changed since it was opened (a lost update)."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from . import cache
+from .models import Account, Product, StockChange
+from .selectors import account_data
+from .services import OrderInputError
+
+PRODUCT_FIELDS = frozenset({"sku", "name", "price"})
+ACCOUNT_FIELDS = frozenset({"name", "owner"})
+
+
+def product_update(*, product_id: int, changes: dict) -> Product:
+    """Change a product's name, SKU or price (never its stock: see product_stock_adjust)."""
+    unexpected = set(changes) - PRODUCT_FIELDS
+    if unexpected:
+        raise OrderInputError(f"these fields are not changed here: {sorted(unexpected)}")
+    with transaction.atomic():
+        product = Product.objects.select_for_update().get(pk=product_id)
+        for field, value in changes.items():
+            setattr(product, field, value)
+        product.version += 1
+        product.save(update_fields=[*changes, "version"])
+    return product
+
+
+def product_stock_adjust(*, product_id: int, change: int, reason: str, actor=None) -> Product:
+    """Add ``change`` (negative: remove) to the stock under the row lock, and record it."""
+    if isinstance(change, bool) or not isinstance(change, int) or change == 0:
+        raise OrderInputError("a stock change must be a non-zero whole number")
+    if not reason or not reason.strip():
+        raise OrderInputError("say why the stock changes")
+    with transaction.atomic():
+        product = Product.objects.select_for_update().get(pk=product_id)
+        if product.stock + change < 0:
+            raise OrderInputError(f"stock would fall below zero ({product.stock} {change:+d})")
+        product.stock += change
+        product.version += 1
+        product.save(update_fields=["stock", "version"])
+        StockChange.objects.create(product=product, change=change, stock_after=product.stock,
+                                   reason=reason.strip(), actor=actor)  # fmt: skip
+    return product
+
+
+def account_update(*, account_id: int, changes: dict) -> Account:
+    """Change an account's name or owner (never its balance: deposits and refunds have their
+    services); the cached copy is replaced by the new version after the commit."""
+    unexpected = set(changes) - ACCOUNT_FIELDS
+    if unexpected:
+        raise OrderInputError(f"these fields are not changed here: {sorted(unexpected)}")
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=account_id)
+        for field, value in changes.items():
+            setattr(account, field, value)
+        account.version += 1
+        account.save(update_fields=[*changes, "version"])
+        data = account_data(account)
+        transaction.on_commit(lambda: cache.write_through_quietly(
+            kind="account", obj_id=account.pk, version=account.version, data=data))  # fmt: skip
+    return account

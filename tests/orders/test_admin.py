@@ -1,0 +1,147 @@
+"""What staff do in the admin changes critical data only through services (issue 13): a product
+edit never puts back stock that orders took, an account edit bumps its version and replaces the
+cached copy, the ledger and counter rows cannot be deleted. And any SKU is orderable."""
+
+import threading
+import time
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+
+from counters.models import AppliedDelta, Counter
+from orders import selectors, services
+from orders.models import Order, Product, StockChange
+
+
+@pytest.fixture
+def staff_client(transactional_db, cache_redis):
+    # After cache_redis has flushed the cache: sessions live there.
+    admin = get_user_model().objects.create_superuser("boss", "boss@example.invalid", "pw")
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+def place(account, sku: str, qty: int = 1) -> services.Outcome:
+    return services.order_place(account_id=account.pk, lines=[{"sku": sku, "qty": qty}],
+                                idempotency_key=uuid.uuid4().hex)  # fmt: skip
+
+
+def test_renaming_a_product_while_orders_flow_keeps_the_stock_they_took(
+    account, product, staff_client
+):
+    url = f"/admin/orders/product/{product.pk}/change/"
+    assert staff_client.get(url).status_code == 200  # the form is opened: stock 20
+    for _ in range(3):
+        assert place(account, "mug", 2).status == 201
+    # What a form opened before those orders sends, stock included.
+    form = {"sku": "mug", "name": "Big mug", "price": 300, "stock": 20,
+            "stock_changes-TOTAL_FORMS": 0, "stock_changes-INITIAL_FORMS": 0}  # fmt: skip
+    response = staff_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    product.refresh_from_db()
+    assert (product.name, product.stock) == ("Big mug", 20 - 6)
+    assert product.version == 1 + 3 + 1  # three orders and the rename
+
+
+def test_a_stock_change_is_locked_and_recorded_with_who_and_why(account, product, staff_client):
+    url = f"/admin/orders/product/{product.pk}/change/"
+    form = {"sku": "mug", "name": "Mug", "price": 300, "stock_change": 5,
+            "stock_change_reason": "delivery 42", "stock_changes-TOTAL_FORMS": 0,
+            "stock_changes-INITIAL_FORMS": 0}  # fmt: skip
+    assert place(account, "mug", 3).status == 201
+    assert staff_client.post(url, form).status_code == 302
+    product.refresh_from_db()
+    assert product.stock == 20 - 3 + 5
+    change = StockChange.objects.get()
+    assert (change.change, change.stock_after, change.reason) == (5, 22, "delivery 42")
+    assert change.actor.username == "boss"
+    missing_reason = {**form, "stock_change_reason": ""}
+    assert staff_client.post(url, missing_reason).status_code == 200  # the form, with its error
+    assert StockChange.objects.count() == 1
+
+
+def test_an_account_saved_in_the_admin_bumps_its_version_and_is_served_fresh(
+    account, alice, staff_client
+):
+    assert selectors.account_get_cached(account_id=account.pk)["name"] == "alice's"  # cached
+    url = f"/admin/orders/account/{account.pk}/change/"
+    form = {"owner": alice.pk, "name": "Alice Ltd", "payments-TOTAL_FORMS": 0,
+            "payments-INITIAL_FORMS": 0, "balance": 1}  # fmt: skip
+    response = staff_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    account_before = account.version
+    account.refresh_from_db()
+    assert (account.name, account.balance) == ("Alice Ltd", 10_000)  # the balance untouched
+    assert account.version == account_before + 1
+    assert selectors.account_get_cached(account_id=account.pk)["name"] == "Alice Ltd"
+
+
+def test_the_admin_offers_no_delete_for_ledger_counter_products_or_accounts(
+    account, product, staff_client
+):
+    Counter.objects.create(key="article_views:x", value=1, version=1)
+    delta = AppliedDelta.objects.create(delta_id=uuid.uuid4(), key="article_views:x", amount=1,
+                                        applied_at="2026-01-01T00:00Z")  # fmt: skip
+    for url in (
+        "/admin/counters/counter/article_views:x/delete/",
+        f"/admin/counters/applieddelta/{delta.pk}/delete/",
+        f"/admin/orders/product/{product.pk}/delete/",
+        f"/admin/orders/account/{account.pk}/delete/",
+    ):
+        assert staff_client.get(url).status_code == 403, url
+    changelist = staff_client.get("/admin/counters/applieddelta/").content.decode()
+    assert "delete_selected" not in changelist
+    assert Counter.objects.count() == 1 and AppliedDelta.objects.count() == 1
+
+
+def test_any_sku_is_orderable(account):
+    mug = Product.objects.create(sku="Blue Mug #2", name="Blue mug", price=250, stock=5)
+    outcome = place(account, "Blue Mug #2", 2)
+    assert outcome.status == 201, outcome.body
+    mug.refresh_from_db()
+    assert mug.stock == 3
+
+
+def test_a_sku_renamed_between_the_check_and_the_lock_refuses_the_order(account, product):
+    """Another transaction holds the product row and renames its SKU; the order, past its check,
+    waits for the row lock, then finds the SKU gone: a 4xx and no order, never an order without
+    that line."""
+    import psycopg
+
+    db = connection.settings_dict
+    other = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
+                            dbname=db["NAME"])  # fmt: skip
+    result = {}
+
+    def place_and_close():
+        try:
+            result["outcome"] = place(account, "mug")
+        finally:
+            connection.close()  # this thread's own connection
+
+    try:
+        other.execute("UPDATE orders_product SET sku = 'mug-renamed' WHERE id = %s",
+                      [product.pk])  # fmt: skip
+        placing = threading.Thread(target=place_and_close)
+        placing.start()
+        deadline = time.monotonic() + 20
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND datname = current_database() AND query LIKE %s")  # fmt: skip
+        # pg_stat_activity is a snapshot kept for the rest of a transaction: ask it afresh.
+        while (
+            not other.execute("SELECT pg_stat_clear_snapshot()")
+            or not other.execute(waiting, ["%orders_product%"]).fetchone()[0]
+        ):
+            assert time.monotonic() < deadline, "the order never waited for the row lock"
+            time.sleep(0.05)
+        other.commit()
+    finally:
+        other.close()
+    placing.join(20)
+    assert result["outcome"].status == 409
+    assert "no longer available: mug" in result["outcome"].body["error"]
+    assert not Order.objects.exists()
