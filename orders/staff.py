@@ -15,18 +15,24 @@ PRODUCT_FIELDS = frozenset({"sku", "name", "price"})
 ACCOUNT_FIELDS = frozenset({"name", "owner"})
 
 
-def product_update(*, product_id: int, changes: dict) -> Product:
-    """Change a product's name, SKU or price (never its stock: see product_stock_adjust)."""
-    unexpected = set(changes) - PRODUCT_FIELDS
+def _locked_update(*, model, pk: int, changes: dict, allowed: frozenset):
+    """Under the row lock: set only ``changes``, bump the version, save those fields."""
+    unexpected = set(changes) - allowed
     if unexpected:
         raise OrderInputError(f"these fields are not changed here: {sorted(unexpected)}")
+    row = model.objects.select_for_update().get(pk=pk)
+    for field, value in changes.items():
+        setattr(row, field, value)
+    row.version += 1
+    row.save(update_fields=[*changes, "version"])
+    return row
+
+
+def product_update(*, product_id: int, changes: dict) -> Product:
+    """Change a product's name, SKU or price (never its stock: see product_stock_adjust)."""
     with transaction.atomic():
-        product = Product.objects.select_for_update().get(pk=product_id)
-        for field, value in changes.items():
-            setattr(product, field, value)
-        product.version += 1
-        product.save(update_fields=[*changes, "version"])
-    return product
+        return _locked_update(model=Product, pk=product_id, changes=changes,
+                              allowed=PRODUCT_FIELDS)  # fmt: skip
 
 
 def product_stock_adjust(*, product_id: int, change: int, reason: str, actor=None) -> Product:
@@ -50,15 +56,9 @@ def product_stock_adjust(*, product_id: int, change: int, reason: str, actor=Non
 def account_update(*, account_id: int, changes: dict) -> Account:
     """Change an account's name or owner (never its balance: deposits and refunds have their
     services); the cached copy is replaced by the new version after the commit."""
-    unexpected = set(changes) - ACCOUNT_FIELDS
-    if unexpected:
-        raise OrderInputError(f"these fields are not changed here: {sorted(unexpected)}")
     with transaction.atomic():
-        account = Account.objects.select_for_update().get(pk=account_id)
-        for field, value in changes.items():
-            setattr(account, field, value)
-        account.version += 1
-        account.save(update_fields=[*changes, "version"])
+        account = _locked_update(model=Account, pk=account_id, changes=changes,
+                                 allowed=ACCOUNT_FIELDS)  # fmt: skip
         data = account_data(account)
         transaction.on_commit(lambda: cache.write_through_quietly(
             kind="account", obj_id=account.pk, version=account.version, data=data))  # fmt: skip
