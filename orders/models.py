@@ -131,3 +131,15 @@ class StockChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.product_id} {self.change:+d} ({self.reason})"
+
+
+class OrderConfirmation(models.Model):
+    """The sent-marker of an order's confirmation mail, claimed in the transaction that sends it:
+    a task run twice (a redelivery, a second publish) mails once."""
+
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, primary_key=True,
+                                 related_name="confirmation")  # fmt: skip
+    sent_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"order {self.order_id} confirmed at {self.sent_at}"

@@ -7,7 +7,7 @@ import pytest
 from orders import services
 from tasks.models import DeadLetter
 
-from ..helpers import celery_worker, publishing_to, settle, wait_for
+from ..helpers import celery_worker, publishing_to, queue_depth, settle, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MAIL_ENV = {"EMAIL_BACKEND": "tests.mail.FlakyBackend", "TASK_RETRY_BACKOFF_BASE": "0.5"}
@@ -48,3 +48,27 @@ def test_confirmation_for_an_order_that_does_not_exist_dead_letters_at_once(
     assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
     assert letter.attempts == 1 and letter.queue == "orders"
     assert "DoesNotExist" in letter.exception
+
+
+def test_a_confirmation_task_that_runs_again_mails_once(
+    broker_url, database_url, cache_redis, worker_log_dir, account, product
+):
+    """The order's own publish and two more copies of its task (a redelivery, a duplicate
+    publish), on two worker processes: one mail, one sent-marker."""
+    from orders.models import OrderConfirmation
+    from project.celery import app
+
+    with publishing_to(broker_url), celery_worker(
+        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
+        queues="orders", env=MAIL_ENV, concurrency=2,
+    ):  # fmt: skip
+        order_id = services.order_place(account_id=account.pk, lines=[{"sku": "mug", "qty": 1}],
+                                        idempotency_key=uuid.uuid4().hex).body["id"]  # fmt: skip
+        for _ in range(2):
+            app.send_task("orders.send_confirmation", args=[order_id])
+        wait_for(lambda: queue_depth(broker_url, "orders") == 0, what="the copies taken")
+        settle(broker_url, "orders")
+        wait_for(lambda: OrderConfirmation.objects.filter(order_id=order_id).exists(),
+                 what="the sent-marker")  # fmt: skip
+    assert cache_redis.lrange("test:mail-sent", 0, -1) == [f"Order {order_id} placed".encode()]
+    assert not DeadLetter.objects.exists()
