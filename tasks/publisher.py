@@ -3,7 +3,7 @@
 A request that must not answer before its message is durable (a counter delta, G1) used to
 publish on a pooled connection and block on that message's confirm: one round trip to the broker,
 and one fsync-backed confirm, per request, plus kombu's and Celery's per-publish overhead (the
-profile in the README: most of the request's CPU time).
+profile in docs/benchmarks.md: most of the request's CPU time).
 
 Here one thread per process owns one AMQP connection in confirm mode. Request threads hand it a
 ready-built Celery message and wait on a future. The thread publishes everything handed to it so

@@ -199,7 +199,7 @@ CELERY_TASK_CREATE_MISSING_QUEUES = False
 # Task events from workers (received, started, succeeded...), so Flower shows tasks in flight.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 # No "task-sent" event from publishers: it is a second publish on every increment's hot path
-# (13% of a web worker's time under load, py-spy; see the README's benchmark section), and the
+# (13% of a web worker's time under load, py-spy; see docs/benchmarks.md), and the
 # workers' events already show every task in flight.
 CELERY_TASK_SEND_SENT_EVENT = False
 # Celery's Django fixup closes every database connection before and after each task unless this is

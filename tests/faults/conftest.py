@@ -97,7 +97,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     from .test_scenarios import CASES
 
-    # A partial run (-k) must not replace the full table the README shows.
+    # A partial run (-k) must not replace the full table docs/faults.md shows.
     full = {(r["scenario"], r["broker"]) for r in _results} == {(s.name, b) for s, b in CASES}
     out = RESULTS_DIR if full else BASE_DIR / ".local" / "faults"
     out.mkdir(parents=True, exist_ok=True)
