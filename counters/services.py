@@ -34,6 +34,7 @@ from project.celery import app
 from tasks.base import broker_kind, retry_countdown
 from tasks.inflight import inflight_forget, inflight_older_than, inflight_record
 from tasks.models import DeadLetter
+from tasks.outbox import OutboxItem, outbox_enqueue
 from tasks.policy import is_transient
 from tasks.publisher import publisher_for
 from tasks.services import (
@@ -74,8 +75,8 @@ class CounterUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Increment:
-    """What an increment returned: the value after it (from Redis) and its delta id (None for
-    an ephemeral counter, or when deferred to the commit of the caller's transaction)."""
+    """What an increment returned: the value after it (from Redis; None inside a transaction)
+    and its delta id (None for an ephemeral counter)."""
 
     value: int | None
     delta_id: str | None = None
@@ -95,27 +96,29 @@ def counter_incr(*, key: str, amount: int = 1) -> Increment:
     """Count ``amount`` on ``key``; return the value after it (from Redis) and the delta's id.
 
     Raises InvalidCounter for a bad key or amount (nothing happens) and CounterUnavailable when
-    the broker does not confirm the delta (see there). Inside a database transaction the
-    increment is deferred to the commit (and dropped on rollback), and the value is None (G2b).
-    A deferred increment that fails at the commit is logged, never raised: the transaction it
-    follows has committed, and its caller must not see an error for it.
+    the broker does not confirm the delta (see there). Inside a database transaction the delta
+    is an outbox row of that transaction (tasks/outbox.py): counted exactly once if it commits,
+    never if it rolls back (G2b), published by the relay even if the broker is down at the
+    commit; the value is then None (the delta is visible once applied) and the delta id is the
+    row's message id, so a second publish of the row is absorbed by the ledger.
     """
     _, data_class = key_validate(key=key)
     amount = amount_validate(amount=amount)
     if data_class == EPHEMERAL:
         return Increment(value=cache.ephemeral_incr(key=key, amount=amount))
     if connection.in_atomic_block:
-        transaction.on_commit(lambda: _deferred_incr(key=key, amount=amount), robust=True)
-        return Increment(value=None)
+        delta_id = str(uuid.uuid4())
+        outbox_enqueue(task_name=APPLY_TASK, queue=COUNTERS_QUEUE, args=[delta_id, key, amount],
+                       message_id=delta_id)  # fmt: skip
+        return Increment(value=None, delta_id=delta_id)
     return _durable_incr(key=key, amount=amount)
 
 
-def _deferred_incr(*, key: str, amount: int) -> None:
-    try:
-        _durable_incr(key=key, amount=amount)
-    except CounterUnavailable as exc:
-        # Not acknowledged to anyone, so not a G1 loss; the transaction it followed stands.
-        logger.error("deferred increment of %s by %+d not counted: %s", key, amount, exc)
+def delta_publish_from_outbox(item: OutboxItem) -> None:
+    """The relay's publisher for outbox deltas: the same publish as a request's (in-flight
+    record on the Redis broker, group confirms on RabbitMQ)."""
+    delta_id, key, amount = item.args
+    delta_publish(delta_id=delta_id, key=key, amount=amount)
 
 
 def _durable_incr(*, key: str, amount: int) -> Increment:

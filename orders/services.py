@@ -3,9 +3,10 @@
 Each service runs in ONE transaction that locks what it changes in a fixed order (the account,
 then the products by primary key, then the order), so concurrent calls serialize instead of
 deadlocking, and a balance or a stock never goes below zero (also a CHECK constraint). Only after
-the commit (``transaction.on_commit``) are the cached copies written through and the follow-up
-tasks dispatched (``delay_on_commit``; counter increments defer themselves): a transaction that
-rolls back caches nothing and dispatches nothing.
+the commit (``transaction.on_commit``) are the cached copies written through; the follow-up tasks
+(the confirmation mail, the counters) are outbox rows written in the transaction itself
+(tasks/outbox.py): a transaction that rolls back caches and dispatches nothing, and one that
+commits dispatches them at least once, whatever the broker was doing at the commit.
 
 Every call carries an idempotency key: the first answer (status and body) is stored in the same
 transaction, and a retry with the same key and the same input gets that answer again and changes
@@ -26,11 +27,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from counters.keys import InvalidCounter
 from counters.services import counter_incr
 
 from . import cache
 from .models import Account, IdempotencyRecord, Order, OrderLine, Payment, Product
 from .selectors import account_data, order_data
+from .tasks import send_order_confirmation
 
 logger = logging.getLogger(__name__)
 
@@ -168,23 +171,20 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
 
 
 def _after_commit_order(*, order: Order, account: Account, sold: dict[int, int]) -> None:
-    from .tasks import send_order_confirmation
-
     _account_cache_after_commit(account)
     _order_cache_after_commit(order)
-    # robust: the order has committed by then; a broker that is down must not turn that into an
-    # error for the client (the mail is lost: follow-ups have no outbox yet, see the README).
-    # (A lambda, not functools.partial: Django's robust on_commit logs the callable's __qualname__.)
-    transaction.on_commit(lambda: send_order_confirmation.delay(order.pk), robust=True)
-    # Durable counters defer themselves to the commit inside a transaction (G2b). Keyed by the
-    # product's id, not its SKU: any SKU ("Blue Mug #2") is orderable, and a renamed one keeps
-    # its count. A follow-up must never abort the order it follows.
+    # The follow-ups are outbox rows of this transaction (tasks/outbox.py): they exist exactly
+    # when the order does, and the relay publishes them even if the broker is down at the commit.
+    send_order_confirmation.delay_on_commit(order.pk)
+    # Keyed by the product's id, not its SKU: any SKU ("Blue Mug #2") is orderable, and a renamed
+    # one keeps its count. A follow-up must never abort the order it follows (a key it cannot
+    # count is logged); a database error writing its row does, as the order's own writes would.
     try:
         counter_incr(key="orders_placed:all")
         for product_id, qty in sold.items():
             counter_incr(key=f"product_units_sold:{product_id}", amount=qty)
-    except Exception:
-        logger.exception("order %s: its counters could not be deferred", order.pk)
+    except InvalidCounter:
+        logger.exception("order %s: a counter key was refused", order.pk)
 
 
 def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:

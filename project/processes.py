@@ -6,7 +6,7 @@ commands (a test checks that the two agree).
 
 from tasks.topology import WORK_QUEUES
 
-PROCESS_NAMES = ("web", "worker", "counters-worker", "beat", "flower")
+PROCESS_NAMES = ("web", "worker", "counters-worker", "outbox-relay", "beat", "flower")
 # The counters worker prefetches a whole batch per process: celery-batches can only gather what
 # the broker has handed over. Same number as the default COUNTER_BATCH_SIZE.
 COUNTERS_PREFETCH_MULTIPLIER = 500
@@ -39,6 +39,9 @@ def process_commands(
             "--prefetch-multiplier", str(COUNTERS_PREFETCH_MULTIPLIER),
             "--hostname", "counters@%h",
         ],
+        # Publishes the outbox rows that transactions commit (tasks/relay.py); more than one may
+        # run (they share the rows with SKIP LOCKED).
+        "outbox-relay": ["python", "manage.py", "outbox_relay"],
         "beat": [
             "celery", "-A", "project", "beat",
             "--loglevel", "INFO",

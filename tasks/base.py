@@ -28,6 +28,7 @@ from django.conf import settings
 from project import metrics
 
 from .models import DeadLetter
+from .outbox import outbox_enqueue
 from .policy import MAYBE_TRANSIENT, TRANSIENT_ERRORS, backoff_delay, is_transient
 from .services import (
     FailedMessage,
@@ -78,6 +79,24 @@ class DeliveryTask(DjangoTask):
     @property
     def max_retries(self) -> int:  # read at call time so settings overrides apply
         return settings.TASK_MAX_RETRIES
+
+    # --- dispatch after a commit: the outbox ---------------------------------------------------
+
+    def delay_on_commit(self, *args, **kwargs) -> str:
+        """Dispatch this task when the caller's transaction commits, at least once.
+
+        Celery's version publishes from an ``on_commit`` callback: a broker down at the commit
+        loses the task. Here it is an outbox row of the transaction itself (tasks/outbox.py),
+        published by the relay; returns the message id it will carry."""
+        return self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(self, args=None, kwargs=None, **options) -> str:
+        unsupported = set(options) - {"queue"}
+        if unsupported:  # the relay publishes a row as it is: no countdown, eta or other option
+            raise TypeError(f"apply_async_on_commit: unsupported options {sorted(unsupported)}")
+        queue = options.get("queue") or self.app.amqp.router.route({}, self.name)["queue"].name
+        return outbox_enqueue(task_name=self.name, queue=queue, args=list(args or ()),
+                              kwargs=dict(kwargs or {}))  # fmt: skip
 
     # --- delivery policy ------------------------------------------------------------------------
 

@@ -10,3 +10,11 @@ BEAT_HEARTBEAT_KEY = "ops:beat-heartbeat"
 def beat_heartbeat() -> None:
     """Run by Celery beat so the operations page can show that beat and a worker are alive."""
     cache.set(BEAT_HEARTBEAT_KEY, time.time(), timeout=None)
+
+
+@shared_task(name="tasks.prune_outbox", ignore_result=True)
+def prune_outbox() -> int:
+    """Run by beat: delete outbox rows sent more than ``OUTBOX_KEEP_SENT_S`` ago."""
+    from .outbox import outbox_prune
+
+    return outbox_prune()

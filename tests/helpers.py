@@ -78,11 +78,35 @@ def celery_worker(
 ) -> Iterator[Worker]:
     """A real ``celery worker`` subprocess (prefork pool) on the given broker and test database."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@%h"
-    log = log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
     argv = [sys.executable, "-m", "celery", "-A", "project", "worker", "--loglevel", "INFO"]
     argv += ["--queues", queues, "--concurrency", str(concurrency), "--hostname", hostname]
     argv += ["--pool", "prefork", "--without-gossip", "--without-mingle", *extra_args]
-    child_env = {
+    with _process(
+        argv, name="worker", ready=" ready.", hostname=hostname, log_dir=log_dir,
+        env=_child_env(broker_url=broker_url, database_url=database_url, redis_url=redis_url,
+                       env=env),
+    ) as worker:  # fmt: skip
+        yield worker
+
+
+@contextlib.contextmanager
+def outbox_relay(
+    *, broker_url: str, database_url: str, log_dir: Path, env: dict[str, str] | None = None,
+    redis_url: str | None = None,
+) -> Iterator[Worker]:  # fmt: skip
+    """A real ``manage.py outbox_relay`` subprocess (tasks/relay.py)."""
+    argv = [sys.executable, "manage.py", "outbox_relay"]
+    with _process(
+        argv, name="relay", ready="outbox relay", hostname="", log_dir=log_dir,
+        env=_child_env(broker_url=broker_url, database_url=database_url, redis_url=redis_url,
+                       env=env),
+    ) as relay:  # fmt: skip
+        yield relay
+
+
+def _child_env(*, broker_url: str, database_url: str, redis_url: str | None,
+               env: dict[str, str] | None) -> dict[str, str]:  # fmt: skip
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings.test",
         "CELERY_BROKER_URL": broker_url,
@@ -91,23 +115,29 @@ def celery_worker(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], *, name: str, ready: str, hostname: str, log_dir: Path,
+             env: dict[str, str]) -> Iterator[Worker]:  # fmt: skip
+    log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            argv, cwd=BASE_DIR, env=child_env, stdout=log_file, stderr=subprocess.STDOUT,
+            argv, cwd=BASE_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    worker = Worker(process=process, log=log, hostname=hostname)
+    started = Worker(process=process, log=log, hostname=hostname)
     try:
         wait_for(
-            lambda: process.poll() is not None or " ready." in worker.output(),
+            lambda: process.poll() is not None or ready in started.output(),
             timeout=60,
-            what="the worker to be ready",
+            what=f"the {name} to be ready",
         )
         if process.poll() is not None:
-            raise AssertionError(f"worker exited with {process.returncode}:\n{worker.output()}")
-        yield worker
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{started.output()}")
+        yield started
     finally:
-        worker.stop()
+        started.stop()
 
 
 def declare_and_purge(broker_url: str) -> None:

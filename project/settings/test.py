@@ -21,3 +21,5 @@ COUNTER_FAULTS = {
     )
 }
 COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=50)
+# The fault suite's relay SIGKILLs itself after this many publishes (tasks/relay.py); 0: never.
+OUTBOX_FAULT_KILL_AFTER = env.int("OUTBOX_FAULT_KILL_AFTER", default=0)

@@ -7,7 +7,7 @@ import pytest
 from orders import services
 from tasks.models import DeadLetter
 
-from ..helpers import celery_worker, publishing_to, queue_depth, settle, wait_for
+from ..helpers import celery_worker, outbox_relay, publishing_to, queue_depth, settle, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MAIL_ENV = {"EMAIL_BACKEND": "tests.mail.FlakyBackend", "TASK_RETRY_BACKOFF_BASE": "0.5"}
@@ -17,10 +17,17 @@ def test_confirmation_mail_retries_while_the_mail_server_is_down_then_is_sent(
     broker_url, database_url, cache_redis, worker_log_dir, account, product
 ):
     cache_redis.set("test:mail-down", 1)
-    with publishing_to(broker_url), celery_worker(
-        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
-        queues="orders", env=MAIL_ENV,
-    ):  # fmt: skip
+    with (
+        publishing_to(broker_url),
+        celery_worker(
+            broker_url=broker_url,
+            database_url=database_url,
+            log_dir=worker_log_dir,
+            queues="orders",
+            env=MAIL_ENV,
+        ),
+        outbox_relay(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
+    ):
         order_id = services.order_place(account_id=account.pk, lines=[{"sku": "mug", "qty": 1}],
                                         idempotency_key=uuid.uuid4().hex).body["id"]  # fmt: skip
         wait_for(lambda: int(cache_redis.get("test:mail-failures") or 0) >= 2,
@@ -58,10 +65,18 @@ def test_a_confirmation_task_that_runs_again_mails_once(
     from orders.models import OrderConfirmation
     from project.celery import app
 
-    with publishing_to(broker_url), celery_worker(
-        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
-        queues="orders", env=MAIL_ENV, concurrency=2,
-    ):  # fmt: skip
+    with (
+        publishing_to(broker_url),
+        celery_worker(
+            broker_url=broker_url,
+            database_url=database_url,
+            log_dir=worker_log_dir,
+            queues="orders",
+            env=MAIL_ENV,
+            concurrency=2,
+        ),
+        outbox_relay(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
+    ):
         order_id = services.order_place(account_id=account.pk, lines=[{"sku": "mug", "qty": 1}],
                                         idempotency_key=uuid.uuid4().hex).body["id"]  # fmt: skip
         for _ in range(2):

@@ -26,9 +26,12 @@ def test_compose_runs_the_launcher_processes_with_the_same_commands():
 def test_compose_has_the_servers_with_health_checks_and_a_scalable_worker():
     services = load()
     assert {"postgres", "redis", "rabbitmq", "migrate", *PROCESS_NAMES} <= set(services)
-    for name in ("postgres", "redis", "rabbitmq", "web", "worker", "counters-worker", "flower"):
+    for name in ("postgres", "redis", "rabbitmq", "web", "worker", "counters-worker",
+                 "outbox-relay", "flower"):  # fmt: skip
         assert services[name]["healthcheck"]["test"], name
-    for name in ("worker", "counters-worker"):
+    for name in PROCESS_NAMES:
+        assert services[name]["restart"] == "unless-stopped", name
+    for name in ("worker", "counters-worker", "outbox-relay"):
         worker = services[name]
         assert "container_name" not in worker and "ports" not in worker  # --scale needs neither
     assert "allkeys-lru" in services["redis"]["command"]
