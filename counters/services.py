@@ -108,8 +108,12 @@ def counter_incr(*, key: str, amount: int = 1) -> Increment:
         return Increment(value=cache.ephemeral_incr(key=key, amount=amount))
     if connection.in_atomic_block:
         delta_id = str(uuid.uuid4())
-        outbox_enqueue(task_name=APPLY_TASK, queue=COUNTERS_QUEUE, args=[delta_id, key, amount],
-                       message_id=delta_id)  # fmt: skip
+        outbox_enqueue(
+            task_name=APPLY_TASK,
+            queue=COUNTERS_QUEUE,
+            args=[delta_id, key, amount],
+            message_id=delta_id,
+        )
         return Increment(value=None, delta_id=delta_id)
     return _durable_incr(key=key, amount=amount)
 

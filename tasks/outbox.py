@@ -26,6 +26,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, router, transaction
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from .models import OutboxMessage, OutboxRelay
@@ -103,3 +104,26 @@ def outbox_prune(*, older_than_s: int | None = None) -> int:
     deleted, _ = OutboxMessage.objects.filter(sent_at__lt=cutoff).delete()
     OutboxRelay.objects.filter(seen_at__lt=cutoff).delete()
     return deleted
+
+
+def outbox_stats() -> dict:
+    """What the operations page shows of the outbox: rows waiting, the age of the oldest (s), the
+    relays that reported lately, and the rows that failed to publish at least once."""
+    waiting = OutboxMessage.objects.filter(sent_at__isnull=True).aggregate(
+        rows=Count("pk"), oldest=Min("created_at"), retrying=Count("pk", filter=Q(attempts__gt=0))
+    )
+    oldest = waiting["oldest"]
+    relays = relays_alive(within_s=settings.OUTBOX_RELAY_STALE_S)
+    return {
+        "waiting": waiting["rows"],
+        "retrying": waiting["retrying"],
+        "oldest_age_s": round((timezone.now() - oldest).total_seconds(), 3) if oldest else None,
+        "relays_alive": [
+            {
+                "name": r.name,
+                "published": r.published,
+                "seen_s_ago": round((timezone.now() - r.seen_at).total_seconds(), 1),
+            }
+            for r in relays
+        ],
+    }

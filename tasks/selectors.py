@@ -19,6 +19,7 @@ from kombu import Connection
 from project.celery import app
 
 from .models import DeadLetter
+from .outbox import outbox_stats
 from .topology import DEAD_LETTER_QUEUE_NAME, WORK_QUEUES
 
 QUEUE_NAMES = (*WORK_QUEUES, DEAD_LETTER_QUEUE_NAME)
@@ -190,6 +191,7 @@ def ops_status() -> dict:
         "lag_seconds": lag[-1][1] if lag else None,
         "lag_series": lag,
         "dead_letters": attempt("dead_letters", dead_letters_by_reason, []),
+        "outbox": attempt("outbox", outbox_stats, {}),
         "workers": attempt("workers", workers, []),
         "cache": attempt("cache", cache_stats, {}),
         "flower_url": settings.FLOWER_URL,

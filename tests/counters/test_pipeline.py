@@ -50,23 +50,36 @@ def test_the_same_delta_published_twice_is_applied_once(worker):
     assert services.counter_get(key=key).value == 7
 
 
-def test_increment_inside_a_transaction_is_published_on_commit_and_never_on_rollback(worker):
+def test_increment_inside_a_transaction_is_counted_after_commit_and_never_on_rollback(
+    worker, database_url, worker_log_dir
+):
     from django.db import transaction
 
-    from ..helpers import queue_depth
+    from tasks.models import OutboxMessage
 
+    from ..helpers import outbox_relay, queue_depth, wait_for
+
+    broker = worker_broker(worker)
     kept, dropped = (f"article_views:tx-{uuid.uuid4().hex[:8]}" for _ in range(2))
     with transaction.atomic():
-        assert services.counter_incr(key=kept, amount=2).value is None  # deferred to the commit
+        increment = services.counter_incr(key=kept, amount=2)
+        assert increment.value is None  # counted after the commit
         assert services.counter_get(key=kept).value == 0  # nothing visible before it
     with pytest.raises(RuntimeError), transaction.atomic():
         services.counter_incr(key=dropped, amount=5)
         raise RuntimeError("roll back")
-    assert services.counter_get(key=kept).value == 2
-    drain()
+    # The delta is an outbox row of the committed transaction, its id the row's message id.
+    assert list(OutboxMessage.objects.values_list("message_id", flat=True)) == [
+        uuid.UUID(increment.delta_id)
+    ]
+    with outbox_relay(broker_url=broker, database_url=database_url, log_dir=worker_log_dir):
+        wait_for(lambda: durable(kept) == 2, what="the increment applied")
+        drain()
     assert (durable(kept), durable(dropped)) == (2, 0)
+    assert services.counter_get(key=kept).value == 2
     assert services.counter_get(key=dropped).value == 0
-    assert queue_depth(worker_broker(worker), "counters") == 0
+    assert AppliedDelta.objects.filter(delta_id=increment.delta_id).count() == 1
+    assert queue_depth(broker, "counters") == 0
 
 
 def worker_broker(worker) -> str:

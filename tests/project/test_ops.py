@@ -53,6 +53,14 @@ def test_ops_status_reports_queues_pending_and_cache(staff, broker_url, cache_re
     if status["broker"] == "redis":  # RabbitMQ's management figures lag by seconds
         assert status["pending_deltas"] == 2
     assert "workers" in status and "dead_letters" in status
+    # Nothing was dispatched in a transaction: the outbox is empty (tests/tasks/test_outbox.py
+    # checks its figures while rows wait).
+    assert status["outbox"] == {
+        "waiting": 0,
+        "retrying": 0,
+        "oldest_age_s": None,
+        "relays_alive": [],
+    }
 
 
 def test_metrics_need_authentication_and_count_increments(staff, broker_url, cache_redis, settings):
