@@ -1,3 +1,5 @@
+import uuid
+
 from django import forms
 from django.contrib import admin, messages
 
@@ -11,7 +13,7 @@ from .models import (
     Product,
     StockChange,
 )
-from .services import OrderInputError
+from .services import OrderInputError, account_deposit, order_cancel
 
 
 class PaymentInline(admin.TabularInline):
@@ -30,11 +32,36 @@ def _changed(form, fields) -> dict:
     return {name: form.cleaned_data[name] for name in form.changed_data if name in fields}
 
 
+class AccountForm(forms.ModelForm):
+    deposit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10**9,
+        help_text="Deposit this amount (minor units), through the deposit service.",
+    )
+    # One idempotency key per rendered form: a double submit deposits once.
+    deposit_key = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    class Meta:
+        model = Account
+        fields = ["name", "owner"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial["deposit_key"] = uuid.uuid4().hex
+
+
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
+    form = AccountForm
     list_display = ["id", "name", "owner", "balance", "version"]
     readonly_fields = ["balance", "version"]  # balances change only through services
     inlines = [PaymentInline]
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "owner", "balance", "version"]
+        return [*fields, "deposit", "deposit_key"] if obj else fields
 
     def save_model(self, request, obj, form, change) -> None:
         if not change:
@@ -45,6 +72,14 @@ class AccountAdmin(admin.ModelAdmin):
         changes = _changed(form, staff.ACCOUNT_FIELDS)
         if changes:
             staff.account_update(account_id=obj.pk, changes=changes)
+        amount = form.cleaned_data.get("deposit")
+        if amount:
+            key = form.cleaned_data.get("deposit_key") or uuid.uuid4().hex
+            outcome = account_deposit(account_id=obj.pk, amount=amount,
+                                      idempotency_key=f"admin-deposit:{key}")  # fmt: skip
+            if outcome.replayed:
+                messages.warning(request, "This deposit form was submitted before: not repeated.")
+        obj.refresh_from_db()
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # an account with payments is history
@@ -133,6 +168,19 @@ class OrderAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     readonly_fields = ["account", "status", "total", "version", "created_at"]
     inlines = [OrderLineInline]
+    actions = ["cancel_and_refund"]
+
+    @admin.action(description="Cancel and refund the selected orders (restocks)")
+    def cancel_and_refund(self, request, queryset) -> None:
+        # Through the cancel service; one key per order, so a second click refunds nothing more.
+        done = refused = 0
+        for order_id in queryset.order_by("pk").values_list("pk", flat=True):
+            outcome = order_cancel(order_id=order_id, idempotency_key=f"admin-cancel:{order_id}")
+            if outcome.status == 200 and not outcome.replayed:
+                done += 1
+            else:
+                refused += 1
+        messages.info(request, f"{done} cancelled and refunded; {refused} already cancelled.")
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -13,7 +13,7 @@ from django.test import Client
 
 from counters.models import AppliedDelta, Counter
 from orders import selectors, services
-from orders.models import Order, Product, StockChange
+from orders.models import Order, Payment, Product, StockChange
 
 
 @pytest.fixture
@@ -78,6 +78,41 @@ def test_an_account_saved_in_the_admin_bumps_its_version_and_is_served_fresh(
     assert (account.name, account.balance) == ("Alice Ltd", 10_000)  # the balance untouched
     assert account.version == account_before + 1
     assert selectors.account_get_cached(account_id=account.pk)["name"] == "Alice Ltd"
+
+
+def test_a_deposit_in_the_admin_goes_through_the_service_once_per_form(
+    account, alice, staff_client
+):
+    url = f"/admin/orders/account/{account.pk}/change/"
+    page = staff_client.get(url).content.decode()
+    key = page.split('name="deposit_key" value="')[1].split('"')[0]  # this rendering's key
+    form = {"owner": alice.pk, "name": "alice's", "deposit": 250, "deposit_key": key,
+            "payments-TOTAL_FORMS": 0, "payments-INITIAL_FORMS": 0}  # fmt: skip
+    for _ in range(2):  # a double submit of the same form
+        assert staff_client.post(url, form).status_code == 302
+    account.refresh_from_db()
+    assert account.balance == 10_000 + 250
+    deposits = Payment.objects.filter(account=account, kind=Payment.Kind.DEPOSIT)
+    assert sorted(deposits.values_list("amount", flat=True)) == [250, 10_000]
+    assert selectors.account_get_cached(account_id=account.pk)["balance"] == 10_250
+    refused = staff_client.post(url, {**form, "deposit": -5, "deposit_key": "other"})
+    assert refused.status_code == 200  # the form again, with its error; nothing written
+    account.refresh_from_db()
+    assert account.balance == 10_250
+
+
+def test_cancel_and_refund_in_the_admin_goes_through_the_service_once(
+    account, product, staff_client
+):
+    order_id = place(account, "mug", 4).body["id"]
+    action = {"action": "cancel_and_refund", "_selected_action": [order_id]}
+    for _ in range(2):
+        assert staff_client.post("/admin/orders/order/", action).status_code == 302
+    account.refresh_from_db()
+    product.refresh_from_db()
+    assert Order.objects.get(pk=order_id).status == Order.Status.CANCELLED
+    assert (account.balance, product.stock) == (10_000, 20)
+    assert Payment.objects.filter(order_id=order_id, kind=Payment.Kind.REFUND).count() == 1
 
 
 def test_the_admin_offers_no_delete_for_ledger_counter_products_or_accounts(
