@@ -44,3 +44,23 @@ class PendingCollector:
         except Exception:  # noqa: S110 (an unreachable broker shows as a missing sample)
             pass
         yield gauge
+
+        # The outbox, read from PostgreSQL at scrape time (tasks/outbox.py): a growing age means
+        # no relay runs, or the broker refuses what it publishes.
+        from tasks.outbox import outbox_stats
+
+        waiting = GaugeMetricFamily("outbox_rows_waiting", "Outbox rows not yet published.")
+        oldest = GaugeMetricFamily(
+            "outbox_oldest_age_seconds", "Age of the oldest outbox row not yet published."
+        )
+        relays = GaugeMetricFamily("outbox_relays_alive", "Outbox relays that reported lately.")
+        try:
+            stats = outbox_stats()
+            waiting.add_metric([], stats["waiting"])
+            oldest.add_metric([], stats["oldest_age_s"] or 0)
+            relays.add_metric([], len(stats["relays_alive"]))
+        except Exception:  # noqa: S110 (an unreachable database shows as missing samples)
+            pass
+        yield waiting
+        yield oldest
+        yield relays

@@ -72,4 +72,5 @@ def test_metrics_need_authentication_and_count_increments(staff, broker_url, cac
     assert 'counter_increments_total{namespace="article_likes"}' in body
     assert "delta_apply_seconds" in body and "counter_cache_reads_total" in body
     assert "deltas_pending" in body
+    assert "outbox_rows_waiting 0.0" in body and "outbox_relays_alive 0.0" in body
     assert staff.get("/metrics").status_code == 200
