@@ -58,9 +58,24 @@ def box(redis_url: str) -> dict:
     out = {}
     for pipeline in ("1", "16"):
         run = subprocess.run(
-            ["redis-benchmark", "-p", port, "-t", "incr", "-n", "100000", "-c", "1", "-P",
-             pipeline, "-q"], capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                "redis-benchmark",
+                "-p",
+                port,
+                "-t",
+                "incr",
+                "-n",
+                "100000",
+                "-c",
+                "1",
+                "-P",
+                pipeline,
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         match = re.search(r"([\d.]+) requests per second", run.stdout)
         out[f"redis_incr_c1_P{pipeline}_rps"] = float(match.group(1)) if match else None
     from project.devservers import _postgres_bin
@@ -68,8 +83,10 @@ def box(redis_url: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run(
             [str(_postgres_bin() / "pg_test_fsync"), "-s", "2", "-f", f"{tmp}/f"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     match = re.search(r"fdatasync\s+([\d,.]+) ops/sec", run.stdout)
     out["pg_fdatasync_ops_per_s"] = float(match.group(1).replace(",", "")) if match else None
     return out
@@ -80,8 +97,14 @@ def box(redis_url: str) -> dict:
 
 def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            argv,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -102,16 +125,37 @@ def wait_ready(log: Path, text: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def counters_worker(env: dict, tmp: Path, name: str, batch_size: int | None = None, *,
-                    app: str = "project"):  # fmt: skip
+def counters_worker(
+    env: dict, tmp: Path, name: str, batch_size: int | None = None, *, app: str = "project"
+):
     worker_env = dict(env)
     if batch_size:
         worker_env["COUNTER_BATCH_SIZE"] = str(batch_size)
     log = tmp / f"{name}.log"
-    process = start([sys.executable, "-m", "celery", "-A", app, "worker", "-Q", "counters",
-                     "--prefetch-multiplier", "500", "-c", "2", "-l", "WARNING",
-                     "--without-gossip", "--without-mingle", "-n", f"{name}@%h"],
-                    worker_env, log)  # fmt: skip
+    process = start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-Q",
+            "counters",
+            "--prefetch-multiplier",
+            "500",
+            "-c",
+            "2",
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"{name}@%h",
+        ],
+        worker_env,
+        log,
+    )
     time.sleep(4)  # WARNING level does not log "ready"; the consumer is up well within this
     return process
 
@@ -132,9 +176,23 @@ def pg_commits() -> int:
 def wrk(url: str, seconds: int, connections: int = 32) -> dict:
     script = BASE_DIR / "bench" / "post.lua"
     run = subprocess.run(
-        ["wrk", "-t", "4", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s",
-         str(script), url], capture_output=True, text=True, timeout=seconds + 60,
-    )  # fmt: skip
+        [
+            "wrk",
+            "-t",
+            "4",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     out = run.stdout
 
     def latency(pct: str) -> float | None:
@@ -149,15 +207,22 @@ def wrk(url: str, seconds: int, connections: int = 32) -> dict:
     errors = int(non_2xx.group(1)) if non_2xx else 0
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": latency("50"), "p99_ms": latency("99"),
-        "requests": requests, "ok": requests - errors,
-    }  # fmt: skip
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "requests": requests,
+        "ok": requests - errors,
+    }
 
 
 # Where each case's CPU time goes: processes by kind (all of this box's, so the shared RabbitMQ
 # and the idle system PostgreSQL and Redis are counted too; idle ones add ~0).
-CPU_KINDS = {"gunicorn": "web", "celery": "worker", "beam.smp": "rabbitmq", "postgres": "postgres",
-             "redis-server": "redis"}  # fmt: skip
+CPU_KINDS = {
+    "gunicorn": "web",
+    "celery": "worker",
+    "beam.smp": "rabbitmq",
+    "postgres": "postgres",
+    "redis-server": "redis",
+}
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -167,13 +232,20 @@ def cpu_seconds() -> dict[str, float]:
 
     # wrk has exited by the second reading: count it as this process's waited-for children.
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    totals = {**dict.fromkeys(CPU_KINDS.values(), 0.0),
-              "wrk": children.ru_utime + children.ru_stime}  # fmt: skip
+    totals = {
+        **dict.fromkeys(CPU_KINDS.values(), 0.0),
+        "wrk": children.ru_utime + children.ru_stime,
+    }
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        kind = next((k for n, k in CPU_KINDS.items()
-                     if n == proc.info["name"] or f"/{n} " in f"{cmdline} "
-                     or f" {n} " in f" {cmdline} "), None)  # fmt: skip
+        kind = next(
+            (
+                k
+                for n, k in CPU_KINDS.items()
+                if n == proc.info["name"] or f"/{n} " in f"{cmdline} " or f" {n} " in f" {cmdline} "
+            ),
+            None,
+        )
         times = proc.info["cpu_times"]
         if kind and times:
             totals[kind] += times.user + times.system
@@ -187,10 +259,23 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
 
     def gunicorn(name: str, extra_env: dict) -> tuple[subprocess.Popen, str]:
         port = free_port()
-        web = start(["gunicorn", "project.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                     "--workers", "4", "--threads", "8", "--no-control-socket", "--log-level",
-                     "warning"], {**env, "BENCH_VIEWS": "true", **extra_env},
-                    tmp / f"{name}.log")  # fmt: skip
+        web = start(
+            [
+                "gunicorn",
+                "project.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "4",
+                "--threads",
+                "8",
+                "--no-control-socket",
+                "--log-level",
+                "warning",
+            ],
+            {**env, "BENCH_VIEWS": "true", **extra_env},
+            tmp / f"{name}.log",
+        )
         return web, f"http://127.0.0.1:{port}"
 
     # Same gunicorn setup for every case; the second differs only in how it publishes.
@@ -232,8 +317,10 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
                 results[name].append(result)
                 if name in counted:
                     ok_counted += result["ok"]
-                say(f"http {name} repeat {repeat + 1}/{repeats}: {result['rps']:.0f} req/s, "
-                    f"p99 {result['p99_ms']} ms")  # fmt: skip
+                say(
+                    f"http {name} repeat {repeat + 1}/{repeats}: {result['rps']:.0f} req/s, "
+                    f"p99 {result['p99_ms']} ms"
+                )
         say("http: draining the queue to check durable == 2xx responses")
         call_command("counters", "drain", "--timeout", "300", stdout=open(os.devnull, "w"))
         durable = Counter.objects.get(key="article_views:hot").value - start_value
@@ -258,8 +345,12 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
     # does not. So durable may exceed the 2xx count by at most connections x runs, never trail it.
     slack = 32 * repeats * len(counted)
     holds = ok_counted <= durable <= ok_counted + slack
-    summary["durable_equals_2xx"] = {"durable": durable, "ok_responses": ok_counted,
-                                     "cut_off_allowance": slack, "holds": holds}  # fmt: skip
+    summary["durable_equals_2xx"] = {
+        "durable": durable,
+        "ok_responses": ok_counted,
+        "cut_off_allowance": slack,
+        "holds": holds,
+    }
     return summary
 
 
@@ -343,8 +434,13 @@ def prefill(broker_url: str, n: int) -> None:
         producer = app.amqp.Producer(conn)
         for key in zipf_keys(n):
             delta_id = str(uuid.uuid4())
-            app.send_task("counters.apply_deltas", args=[delta_id, key, 1], task_id=delta_id,
-                          kwargs={"published_at": time.time()}, producer=producer)  # fmt: skip
+            app.send_task(
+                "counters.apply_deltas",
+                args=[delta_id, key, 1],
+                task_id=delta_id,
+                kwargs={"published_at": time.time()},
+                producer=producer,
+            )
 
 
 def purge_counters_queue(broker_url: str) -> None:
@@ -370,16 +466,18 @@ def zipf_total() -> int:
     )
 
 
-def apply_through_worker(env: dict, tmp: Path, broker_url: str, n: int, batch_size: int, *,
-                         app: str = "project") -> dict:  # fmt: skip
+def apply_through_worker(
+    env: dict, tmp: Path, broker_url: str, n: int, batch_size: int, *, app: str = "project"
+) -> dict:
     """Throughput from the counters' own progress: deltas applied between the first change and
     the last (so the worker's start-up time is not counted), polled every 20 ms."""
     purge_counters_queue(broker_url)
     total = zipf_total()
     prefill(broker_url, n)
     commits = pg_commits()
-    worker = counters_worker({**env, "CELERY_BROKER_URL": broker_url}, tmp,
-                             f"apply-{batch_size}", batch_size, app=app)  # fmt: skip
+    worker = counters_worker(
+        {**env, "CELERY_BROKER_URL": broker_url}, tmp, f"apply-{batch_size}", batch_size, app=app
+    )
     first = last = None
     try:
         deadline = time.monotonic() + 900
@@ -398,8 +496,7 @@ def apply_through_worker(env: dict, tmp: Path, broker_url: str, n: int, batch_si
         raise RuntimeError(f"worker applied {zipf_total() - total} of {n} deltas in 900 s")
     # None when the whole backlog was applied between two polls (a --quick run's backlog).
     rate = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else None
-    return {"deltas": n, "deltas_per_s": rate,
-            "commits_per_delta": (pg_commits() - commits) / n}  # fmt: skip
+    return {"deltas": n, "deltas_per_s": rate, "commits_per_delta": (pg_commits() - commits) / n}
 
 
 # --- 4. reads -----------------------------------------------------------------------------------
@@ -451,13 +548,18 @@ def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
         time.sleep(3)
     finally:
         stop(worker)
-    samples = sorted(json.loads(s)[1] for s in
-                     get_redis_connection("default").lrange(LAG_SAMPLES_KEY, 0, -1))  # fmt: skip
+    samples = sorted(
+        json.loads(s)[1] for s in get_redis_connection("default").lrange(LAG_SAMPLES_KEY, 0, -1)
+    )
     if not samples:
         return {"rate": rate, "p50_ms": None, "p99_ms": None}
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return {"rate_per_s": rate, "batches": len(samples), "p50_ms": median(samples) * 1000,
-            "p99_ms": p99 * 1000}  # fmt: skip
+    return {
+        "rate_per_s": rate,
+        "batches": len(samples),
+        "p50_ms": median(samples) * 1000,
+        "p99_ms": p99 * 1000,
+    }
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -518,22 +620,27 @@ def report(results: dict) -> list[str]:
     reads_ = results.get("reads")
     if reads_:
         batch, singles = reads_["batch_read"]["ms_per_page"], reads_["single_reads"]["ms_per_page"]
-        lines.append(f"| read 100 counters, ms | batch {batch:.2f} | singles {singles:.2f}, "
-                     f"PostgreSQL {reads_['postgresql']['ms_per_page']:.2f} | "
-                     f"{ratio(singles, batch)} | >= 10x |")  # fmt: skip
+        lines.append(
+            f"| read 100 counters, ms | batch {batch:.2f} | singles {singles:.2f}, "
+            f"PostgreSQL {reads_['postgresql']['ms_per_page']:.2f} | "
+            f"{ratio(singles, batch)} | >= 10x |"
+        )
     lag_ = results.get("lag") or {}
     if lag_.get("p50_ms") is not None:
-        lines.append(f"| lag publish->commit at {lag_['rate_per_s']:.0f}/s | p50 "
-                     f"{lag_['p50_ms']:.0f} ms, p99 {lag_['p99_ms']:.0f} ms | | | |")  # fmt: skip
+        lines.append(
+            f"| lag publish->commit at {lag_['rate_per_s']:.0f}/s | p50 "
+            f"{lag_['p50_ms']:.0f} ms, p99 {lag_['p99_ms']:.0f} ms | | | |"
+        )
     if http:
         check = http["durable_equals_2xx"]
-        lines.append(f"| durable count vs 2xx responses | {check['durable']} | "
-                     f"{check['ok_responses']} (+ up to {check['cut_off_allowance']} cut off by "
-                     f"wrk) | | {'holds' if check['holds'] else 'VIOLATED'} |")  # fmt: skip
+        lines.append(
+            f"| durable count vs 2xx responses | {check['durable']} | "
+            f"{check['ok_responses']} (+ up to {check['cut_off_allowance']} cut off by "
+            f"wrk) | | {'holds' if check['holds'] else 'VIOLATED'} |"
+        )
         lines += ["", "CPU time per HTTP request, ms, by process (medians; the whole box):", ""]
         kinds = [*CPU_KINDS.values(), "wrk"]
-        lines += ["| case | " + " | ".join(kinds) + " | total |",
-                  "|---" * (len(kinds) + 2) + "|"]  # fmt: skip
+        lines += ["| case | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
         for name in ("ours", "ours_one_confirm_per_request", "naive", "no_counting"):
             cpu = http[name]["cpu_ms_per_request"]
             cells = " | ".join(f"{cpu[k]:.2f}" for k in kinds)
@@ -556,14 +663,24 @@ def chart(results: dict, path: Path) -> None:
         "naive\nUPDATE",
         "no counting",
     ]
-    axes[0].bar(labels, [http[n]["rps"] for n in names],
-                color=["tab:blue", "tab:cyan", "tab:red", "tab:gray"])  # fmt: skip
+    axes[0].bar(
+        labels,
+        [http[n]["rps"] for n in names],
+        color=["tab:blue", "tab:cyan", "tab:red", "tab:gray"],
+    )
     axes[0].set_title("HTTP increments, requests/s (32 connections)")
     names = ["batched", "per_delta", "ledger_sql", "no_ledger_sql"]
-    labels = ["batched\n(worker apply)", "one delta\nper transaction", "SQL with\nledger",
-              "SQL without\nledger"]  # fmt: skip
-    axes[1].bar(labels, [db[n]["deltas_per_s"] for n in names],
-                color=["tab:blue", "tab:red", "tab:green", "tab:gray"])  # fmt: skip
+    labels = [
+        "batched\n(worker apply)",
+        "one delta\nper transaction",
+        "SQL with\nledger",
+        "SQL without\nledger",
+    ]
+    axes[1].bar(
+        labels,
+        [db[n]["deltas_per_s"] for n in names],
+        color=["tab:blue", "tab:red", "tab:green", "tab:gray"],
+    )
     axes[1].set_title("Apply throughput in PostgreSQL, deltas/s")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -576,9 +693,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument(
-        "--only", choices=SECTIONS, action="append",
+        "--only",
+        choices=SECTIONS,
+        action="append",
         help="run only this part (repeatable); prints the table, writes no results",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     only = set(args.only or SECTIONS)
     seconds, repeats, backlog = (3, 1, 2000) if args.quick else (10, 3, 50_000)
@@ -609,8 +728,10 @@ def main() -> int:
         say("1/6 the box: redis-benchmark, pg_test_fsync")
         results["box"] = box(os.environ["REDIS_URL"])
         if "http" in only:
-            say(f"2/6 HTTP increments on {http_broker.split(':')[0]}: ours (group commit), ours "
-                f"(one confirm per request), naive, no counting")  # fmt: skip
+            say(
+                f"2/6 HTTP increments on {http_broker.split(':')[0]}: ours (group commit), ours "
+                f"(one confirm per request), naive, no counting"
+            )
             results["http"] = http_cases(env, tmp, seconds=seconds, repeats=repeats)
         if "apply" in only:
             say("3/6 apply in the database: batched, per delta, SQL with and without the ledger")
@@ -648,8 +769,9 @@ def apply_workers(env: dict, tmp: Path, brokers: list[str], backlog: int) -> dic
             "per_delta": apply_through_worker(env, tmp, broker, max(backlog // 20, 500), 1),
         }
         if kind == "amqp":
-            runs["no_ledger"] = apply_through_worker(env, tmp, broker, backlog, 500,
-                                                     app="bench.worker_without_ledger")  # fmt: skip
+            runs["no_ledger"] = apply_through_worker(
+                env, tmp, broker, backlog, 500, app="bench.worker_without_ledger"
+            )
         out[kind] = runs
         say(f"   {kind}: " + ", ".join(f"{n} {rate(r['deltas_per_s'])}/s" for n, r in runs.items()))
     return out

@@ -183,8 +183,9 @@ class CachedCounter:
         return self.durable + self.pending
 
 
-def bump(*, key: str, delta_id: str, amount: int, now: float, since: float | None = None,
-         mode: str = ""):  # fmt: skip
+def bump(
+    *, key: str, delta_id: str, amount: int, now: float, since: float | None = None, mode: str = ""
+):
     """Record a published delta as pending: the value after it, None if the hash is missing, or
     ASK_LEDGER if the hash was filled after ``since`` (see BUMP)."""
     args = [delta_id, amount, now, "" if since is None else since, mode]

@@ -45,8 +45,9 @@ def _within_budget(point: str) -> bool:
 HOOKS: dict[str, Callable[..., object]] = {}
 
 
-def fault_point(point: str, *, keys: set[str], publish: Callable[[], object] | None = None,
-                **context) -> None:  # fmt: skip
+def fault_point(
+    point: str, *, keys: set[str], publish: Callable[[], object] | None = None, **context
+) -> None:
     targets = settings.COUNTER_FAULTS.get(point)
     if not targets or not keys.intersection(targets):
         return

@@ -55,8 +55,12 @@ DURABLE = "durable"
 EPHEMERAL = "ephemeral"
 APPLY_TASK = "counters.apply_deltas"
 COUNTERS_QUEUE = "counters"
-PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
-                        "interval_max": 0.2}  # fmt: skip
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
 
 
 class CounterUnavailable(RuntimeError):
@@ -142,11 +146,9 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
     # The delta is durable from here on; Redis only makes it visible sooner.
     try:
         fault_point("before_bump", keys={key}, delta_id=delta_id)
-        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(),
-                           since=since)  # fmt: skip
+        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(), since=since)
         if value is None or value is cache.ASK_LEDGER:
-            value = _bump_after_fill(key=key, delta_id=delta_id, amount=amount,
-                                     fill=value is None)  # fmt: skip
+            value = _bump_after_fill(key=key, delta_id=delta_id, amount=amount, fill=value is None)
         logger.debug("delta %s %s %+d published, value %s", delta_id, key, amount, value)
         return Increment(value=int(value), delta_id=delta_id)
     except redis.exceptions.RedisError as exc:
@@ -175,8 +177,14 @@ def _bump_after_fill(*, key: str, delta_id: str, amount: int, fill: bool) -> int
     for _ in range(3):
         asked_at = time.time()
         applied = AppliedDelta.objects.filter(delta_id=delta_id).exists()
-        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(),
-                           since=asked_at, mode="applied" if applied else "pending")  # fmt: skip
+        value = cache.bump(
+            key=key,
+            delta_id=delta_id,
+            amount=amount,
+            now=time.time(),
+            since=asked_at,
+            mode="applied" if applied else "pending",
+        )
         if value is not cache.ASK_LEDGER:
             break
     if value is None or value is cache.ASK_LEDGER:  # evicted or refilled again: the database
@@ -202,41 +210,67 @@ def _delta_cancel(*, delta_id: str, key: str) -> bool:
         logger.error("delta %s: could not cancel it either: %r", delta_id, exc)
         raise CounterUnavailable(
             "the broker did not confirm the delta and it could not be cancelled",
-            delta_id=delta_id, counted=None,
-        ) from exc  # fmt: skip
+            delta_id=delta_id,
+            counted=None,
+        ) from exc
 
 
-def delta_publish(*, delta_id: str, key: str, amount: int, countdown: float | None = None,
-                  retries: int = 0, published_at: float | None = None) -> None:  # fmt: skip
+def delta_publish(
+    *,
+    delta_id: str,
+    key: str,
+    amount: int,
+    countdown: float | None = None,
+    retries: int = 0,
+    published_at: float | None = None,
+) -> None:
     """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none."""
 
     try:
         # The copy comes a second later, so it reaches the ledger in a later transaction.
-        fault_point("publish_twice", keys={key}, publish=lambda: app.send_task(
-            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, countdown=1))  # fmt: skip
+        fault_point(
+            "publish_twice",
+            keys={key},
+            publish=lambda: app.send_task(
+                APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, countdown=1
+            ),
+        )
         kwargs = {"published_at": published_at or time.time()}
         if retries == 0 and broker_kind(app) == "redis":
             # Before the push, so no pushed delta lacks its record (tasks/inflight.py).
-            inflight_record(app=app, queue=COUNTERS_QUEUE, message_id=delta_id,
-                            payload={"key": key, "amount": amount, **kwargs},
-                            now=time.time())  # fmt: skip
+            inflight_record(
+                app=app,
+                queue=COUNTERS_QUEUE,
+                message_id=delta_id,
+                payload={"key": key, "amount": amount, **kwargs},
+                now=time.time(),
+            )
         if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
             # Shares confirms with the process's other requests (tasks/publisher.py).
-            publisher_for(app=app, queue_name="counters",
-                          timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S).publish(
-                name=APPLY_TASK, task_id=delta_id, args=[delta_id, key, amount], kwargs=kwargs,
-                retries=retries)  # fmt: skip
+            publisher_for(
+                app=app, queue_name="counters", timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S
+            ).publish(
+                name=APPLY_TASK,
+                task_id=delta_id,
+                args=[delta_id, key, amount],
+                kwargs=kwargs,
+                retries=retries,
+            )
             return
         app.send_task(
-            APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, kwargs=kwargs,
-            countdown=countdown, retries=retries,
+            APPLY_TASK,
+            args=[delta_id, key, amount],
+            task_id=delta_id,
+            kwargs=kwargs,
+            countdown=countdown,
+            retries=retries,
             # A blocked publisher (RabbitMQ memory alarm) gets an error, not a hung request.
             timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
             confirm_timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
             # One retry (a pooled connection the broker closed is replaced), so a request waits
             # at most about twice the timeout before its answer.
             retry_policy=PUBLISH_RETRY_POLICY,
-        )  # fmt: skip
+        )
     except Exception as exc:  # any publish failure means "not counted"
         logger.error("delta %s %s %+d NOT published: %r", delta_id, key, amount, exc)
         metrics.publish_failures.inc()
@@ -311,8 +345,9 @@ def counter_fill(*, keys: list[str]) -> dict[str, cache.CachedCounter]:
                 retry.append(key)
                 result[key] = cache.CachedCounter(durable=durable, pending=0, filled_at=now)
             else:
-                result[key] = cache.CachedCounter(durable=durable, pending=value - durable,
-                                                  filled_at=now)  # fmt: skip
+                result[key] = cache.CachedCounter(
+                    durable=durable, pending=value - durable, filled_at=now
+                )
         todo = retry
     return result
 
@@ -395,8 +430,10 @@ def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
         fault_point("raise", keys=keys)
         fault_point("transient", keys=keys)
         # Arrays, not a VALUES list built as text: one statement text for every batch size.
-        cursor.execute(LEDGER_INSERT, [list(unique), [k for k, _ in unique.values()],
-                                       [a for _, a in unique.values()]])  # fmt: skip
+        cursor.execute(
+            LEDGER_INSERT,
+            [list(unique), [k for k, _ in unique.values()], [a for _, a in unique.values()]],
+        )
         inserted = cursor.fetchall()
         counter_rows = counters_add(cursor=cursor, deltas=inserted)
         fault_point("kill_before_commit", keys=keys)
@@ -420,8 +457,11 @@ def delta_group_apply(*, deltas: list[tuple[str, str, int]]) -> int:
     # duplicate publish, a replay); the fault suite reads it to prove a duplicate was absorbed.
     logger.info(
         "batch committed: %d deltas, %d new, %d already applied, %d counters",
-        len(deltas), len(inserted), len(unique) - len(inserted), len(counter_rows),
-    )  # fmt: skip
+        len(deltas),
+        len(inserted),
+        len(unique) - len(inserted),
+        len(counter_rows),
+    )
     return len(inserted)
 
 
@@ -467,8 +507,9 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
             # Once per distinct message: copies of one delta in the same job (a restore after a
             # broker restart, a duplicate publish) are one delivery, not several.
             distinct = list(dict.fromkeys((d.message_id, d.retries) for d in deltas))
-            counts = dict(zip(distinct, redis_delivery_counts(app=app, messages=distinct),
-                              strict=True))  # fmt: skip
+            counts = dict(
+                zip(distinct, redis_delivery_counts(app=app, messages=distinct), strict=True)
+            )
             for delta in deltas:
                 delta.deliveries = counts[(delta.message_id, delta.retries)]
         except Exception:  # counting must never stop deltas from being applied
@@ -481,8 +522,12 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
     if over_limit:
         # Applied before its worker died (after the commit, before the ack): nothing to do.
         ids = [str(d.args[0]) for d in over_limit if d.args]
-        done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=_uuids(ids))
-                .values_list("delta_id", flat=True)}  # fmt: skip
+        done = {
+            str(i)
+            for i in AppliedDelta.objects.filter(delta_id__in=_uuids(ids)).values_list(
+                "delta_id", flat=True
+            )
+        }
     for delta in deltas:
         if delta.args and str(delta.args[0]) in done:
             outcome.settled.add(delta.message_id)
@@ -495,8 +540,9 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
         try:
             parsed = _parse(delta)
         except InvalidCounter as exc:
-            _dead_letter(delta, DeadLetter.Reason.PERMANENT_ERROR, f"InvalidCounter: {exc}", "",
-                         outcome)  # fmt: skip
+            _dead_letter(
+                delta, DeadLetter.Reason.PERMANENT_ERROR, f"InvalidCounter: {exc}", "", outcome
+            )
             continue
         if delta.deliveries == 1:
             fresh.append((delta, parsed))
@@ -519,8 +565,13 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
                 groups[:0] = [[member] for member in group]
             else:
                 error = f"{type(exc).__name__}: {exc}"
-                _dead_letter(group[0][0], DeadLetter.Reason.PERMANENT_ERROR, error,
-                             traceback.format_exc(), outcome)  # fmt: skip
+                _dead_letter(
+                    group[0][0],
+                    DeadLetter.Reason.PERMANENT_ERROR,
+                    error,
+                    traceback.format_exc(),
+                    outcome,
+                )
             continue
         outcome.settled.update(delta.message_id for delta, _ in group)
         outcome.done.extend(delta.message_id for delta, _ in group)
@@ -567,31 +618,51 @@ def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome
     countdown = retry_countdown(app=app, attempt=min(delta.retries, 16))
     try:
         delta_id, key, amount = delta.args
-        delta_publish(delta_id=str(delta_id), key=key, amount=amount, countdown=countdown,
-                      retries=delta.retries + 1, published_at=delta.published_at)  # fmt: skip
-        logger.warning("delta %s retry %d in %.1fs: %r", delta.message_id, delta.retries + 1,
-                       countdown, exc)  # fmt: skip
+        delta_publish(
+            delta_id=str(delta_id),
+            key=key,
+            amount=amount,
+            countdown=countdown,
+            retries=delta.retries + 1,
+            published_at=delta.published_at,
+        )
+        logger.warning(
+            "delta %s retry %d in %.1fs: %r", delta.message_id, delta.retries + 1, countdown, exc
+        )
     except Exception:
         outcome.requeue.append(delta.message_id)
 
 
-def _dead_letter(delta: IncomingDelta, reason: str, exception: str, trace: str,
-                 outcome: BatchOutcome) -> None:  # fmt: skip
+def _dead_letter(
+    delta: IncomingDelta, reason: str, exception: str, trace: str, outcome: BatchOutcome
+) -> None:
     kind = broker_kind(app)
     kwargs = {"published_at": delta.published_at} if delta.published_at else {}
     message = FailedMessage(
-        task_id=delta.message_id, task_name=APPLY_TASK, queue="counters", args=list(delta.args),
-        kwargs=kwargs, attempts=delta.retries + 1, deliveries=delta.deliveries, broker=kind,
-    )  # fmt: skip
+        task_id=delta.message_id,
+        task_name=APPLY_TASK,
+        queue="counters",
+        args=list(delta.args),
+        kwargs=kwargs,
+        attempts=delta.retries + 1,
+        deliveries=delta.deliveries,
+        broker=kind,
+    )
     try:
         if kind == "redis":
             # The queue's copy first: a row recorded and then a failed publish would leave the
             # delta both dead-lettered and retried.
             dead_letter_publish_task(
-                app=app, task_id=delta.message_id, task_name=APPLY_TASK, args=list(delta.args),
-                kwargs=kwargs, retries=delta.retries, queue="counters", reason=reason,
+                app=app,
+                task_id=delta.message_id,
+                task_name=APPLY_TASK,
+                args=list(delta.args),
+                kwargs=kwargs,
+                retries=delta.retries,
+                queue="counters",
+                reason=reason,
                 exception=exception,
-            )  # fmt: skip
+            )
         dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
     except Exception as exc:
         # The dead-letter table or queue is unreachable (or the database is read-only): a
@@ -630,8 +701,9 @@ class Repair:
     detail: str
 
 
-def counter_reconcile(*, tombstone_age_s: float = 600.0,
-                      republish_after_s: float | None = None) -> list[Repair]:  # fmt: skip
+def counter_reconcile(
+    *, tombstone_age_s: float = 600.0, republish_after_s: float | None = None
+) -> list[Repair]:
     """Compare each cached counter with PostgreSQL + its pending deltas and repair the drift, then
     re-publish stranded deltas (``delta_republish_stranded``).
 
@@ -676,27 +748,39 @@ def delta_republish_stranded(*, republish_after_s: float | None = None) -> list[
     if republish_after_s is None:
         republish_after_s = settings.COUNTER_REPUBLISH_AFTER_S
     now = time.time()
-    old = dict(inflight_older_than(app=app, queue=COUNTERS_QUEUE, age_s=republish_after_s,
-                                   now=now))  # fmt: skip
+    old = dict(inflight_older_than(app=app, queue=COUNTERS_QUEUE, age_s=republish_after_s, now=now))
     stranded: dict[str, list[tuple[str, int]]] = defaultdict(list)
     ids = list(old)
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
-        done = {str(i) for i in AppliedDelta.objects.filter(delta_id__in=_uuids(chunk))
-                .values_list("delta_id", flat=True)}  # fmt: skip
-        letters = dict(DeadLetter.objects.filter(task_id__in=chunk)
-                       .values_list("task_id", "status"))  # fmt: skip
+        done = {
+            str(i)
+            for i in AppliedDelta.objects.filter(delta_id__in=_uuids(chunk)).values_list(
+                "delta_id", flat=True
+            )
+        }
+        letters = dict(
+            DeadLetter.objects.filter(task_id__in=chunk).values_list("task_id", "status")
+        )
         done |= {i for i, status in letters.items() if status == DeadLetter.Status.DISCARDED}
         dead = {i for i, status in letters.items() if status == DeadLetter.Status.DEAD}
         inflight_forget(app=app, queue=COUNTERS_QUEUE, message_ids=[i for i in chunk if i in done])
         for delta_id in chunk:
             if delta_id not in done and delta_id not in dead:  # a replayed one is live again
                 payload = old[delta_id]
-                delta_publish(delta_id=delta_id, key=payload["key"], amount=payload["amount"],
-                              published_at=payload.get("published_at"))  # fmt: skip
-                logger.warning("delta %s %s %+d re-published: recorded %.0fs ago, not applied",
-                               delta_id, payload["key"], payload["amount"],
-                               now - payload["recorded_at"])  # fmt: skip
+                delta_publish(
+                    delta_id=delta_id,
+                    key=payload["key"],
+                    amount=payload["amount"],
+                    published_at=payload.get("published_at"),
+                )
+                logger.warning(
+                    "delta %s %s %+d re-published: recorded %.0fs ago, not applied",
+                    delta_id,
+                    payload["key"],
+                    payload["amount"],
+                    now - payload["recorded_at"],
+                )
                 stranded[payload["key"]].append((delta_id, payload["amount"]))
     repairs = []
     for key, entries in stranded.items():
@@ -718,8 +802,9 @@ FROM (SELECT 1) AS one LEFT JOIN counters_counter c ON c.key = %s
 """
 
 
-def _reconcile_one(pipe, hash_key: str, key: str, now: float,
-                   tombstone_age_s: float) -> Repair | None:  # fmt: skip
+def _reconcile_one(
+    pipe, hash_key: str, key: str, now: float, tombstone_age_s: float
+) -> Repair | None:
     fields = {k.decode(): v.decode() for k, v in pipe.hgetall(hash_key).items()}
     if "durable" not in fields:
         return None
@@ -749,8 +834,9 @@ def _reconcile_one(pipe, hash_key: str, key: str, now: float,
     ):
         return None
     pipe.multi()
-    pipe.hset(hash_key, mapping={"durable": new_durable, "version": new_version,
-                                  "pending": new_pending})  # fmt: skip
+    pipe.hset(
+        hash_key, mapping={"durable": new_durable, "version": new_version, "pending": new_pending}
+    )
     stale = [f"d:{i}" for i in applied] + old_tombstones + passed
     if passed and len(passed) == len(kept):
         stale += ["stashed", "stashed_at"]

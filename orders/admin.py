@@ -75,8 +75,9 @@ class AccountAdmin(admin.ModelAdmin):
         amount = form.cleaned_data.get("deposit")
         if amount:
             key = form.cleaned_data.get("deposit_key") or uuid.uuid4().hex
-            outcome = account_deposit(account_id=obj.pk, amount=amount,
-                                      idempotency_key=f"admin-deposit:{key}")  # fmt: skip
+            outcome = account_deposit(
+                account_id=obj.pk, amount=amount, idempotency_key=f"admin-deposit:{key}"
+            )
             if outcome.replayed:
                 messages.warning(request, "This deposit form was submitted before: not repeated.")
         obj.refresh_from_db()
@@ -141,9 +142,11 @@ class ProductAdmin(admin.ModelAdmin):
                 staff.product_update(product_id=obj.pk, changes=changes)
             if form.cleaned_data.get("stock_change"):
                 staff.product_stock_adjust(
-                    product_id=obj.pk, change=form.cleaned_data["stock_change"],
-                    reason=form.cleaned_data["stock_change_reason"], actor=request.user,
-                )  # fmt: skip
+                    product_id=obj.pk,
+                    change=form.cleaned_data["stock_change"],
+                    reason=form.cleaned_data["stock_change_reason"],
+                    actor=request.user,
+                )
         except OrderInputError as exc:
             messages.error(request, str(exc))
         obj.refresh_from_db()

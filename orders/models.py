@@ -6,8 +6,9 @@ from django.db.models import Q
 
 
 class Account(models.Model):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
-                              related_name="accounts")  # fmt: skip
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="accounts"
+    )
     name = models.CharField(max_length=100)
     balance = models.BigIntegerField(default=0, help_text="Minor units (cents).")
     # Bumped by every committed change: the cache never keeps an older version than it has.
@@ -71,8 +72,9 @@ class Payment(models.Model):
         REFUND = "refund", "refund"
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="payments")
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, null=True, blank=True,
-                              related_name="payments")  # fmt: skip
+    order = models.ForeignKey(
+        Order, on_delete=models.PROTECT, null=True, blank=True, related_name="payments"
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.BigIntegerField(help_text="Signed: + credits the account, - debits it.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -105,8 +107,9 @@ class ApiToken(models.Model):
     """A bearer token for API clients (``Authorization: Bearer <token>``); only its hash is kept.
     Create one with ``manage.py api_token USERNAME``."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="api_tokens")  # fmt: skip
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     token_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -122,8 +125,9 @@ class StockChange(models.Model):
     change = models.IntegerField()
     stock_after = models.IntegerField()
     reason = models.CharField(max_length=200)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True,
-                              blank=True, related_name="+")  # fmt: skip
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -137,8 +141,9 @@ class OrderConfirmation(models.Model):
     """The sent-marker of an order's confirmation mail, claimed in the transaction that sends it:
     a task run twice (a redelivery, a second publish) mails once."""
 
-    order = models.OneToOneField(Order, on_delete=models.PROTECT, primary_key=True,
-                                 related_name="confirmation")  # fmt: skip
+    order = models.OneToOneField(
+        Order, on_delete=models.PROTECT, primary_key=True, related_name="confirmation"
+    )
     sent_at = models.DateTimeField()
 
     def __str__(self) -> str:

@@ -60,8 +60,9 @@ def _fingerprint(operation: str, payload: dict) -> str:
     return hashlib.sha256(json.dumps([operation, payload], sort_keys=True).encode()).hexdigest()
 
 
-def _idempotent(*, scope: str, key: str, operation: str, payload: dict,
-                run: Callable[[], tuple[int, dict]]) -> Outcome:  # fmt: skip
+def _idempotent(
+    *, scope: str, key: str, operation: str, payload: dict, run: Callable[[], tuple[int, dict]]
+) -> Outcome:
     if not isinstance(key, str) or not 1 <= len(key) <= 200:
         raise OrderInputError("Idempotency-Key must be 1 to 200 characters")
     fingerprint = _fingerprint(operation, payload)
@@ -91,14 +92,20 @@ def _idempotent(*, scope: str, key: str, operation: str, payload: dict,
 
 def _account_cache_after_commit(account: Account) -> None:
     data = account_data(account)
-    transaction.on_commit(lambda: cache.write_through_quietly(
-        kind="account", obj_id=account.pk, version=account.version, data=data))  # fmt: skip
+    transaction.on_commit(
+        lambda: cache.write_through_quietly(
+            kind="account", obj_id=account.pk, version=account.version, data=data
+        )
+    )
 
 
 def _order_cache_after_commit(order: Order) -> None:
     data = order_data(order)
-    transaction.on_commit(lambda: cache.write_through_quietly(
-        kind="order", obj_id=order.pk, version=order.version, data=data))  # fmt: skip
+    transaction.on_commit(
+        lambda: cache.write_through_quietly(
+            kind="order", obj_id=order.pk, version=order.version, data=data
+        )
+    )
 
 
 def _parse_lines(lines: object) -> dict[str, int]:
@@ -159,15 +166,21 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
         OrderLine.objects.bulk_create(
             OrderLine(order=order, product=p, qty=wanted[p.sku], unit_price=p.price) for p in locked
         )
-        Payment.objects.create(account=account, order=order, kind=Payment.Kind.ORDER_DEBIT,
-                               amount=-total)  # fmt: skip
+        Payment.objects.create(
+            account=account, order=order, kind=Payment.Kind.ORDER_DEBIT, amount=-total
+        )
         _after_commit_order(
             order=order, account=account, sold={p.pk: wanted[p.sku] for p in locked}
         )
         return 201, order_data(order)
 
-    return _idempotent(scope=f"account:{account_id}", key=idempotency_key, operation="order_place",
-                       payload={"account": account_id, "lines": wanted}, run=run)  # fmt: skip
+    return _idempotent(
+        scope=f"account:{account_id}",
+        key=idempotency_key,
+        operation="order_place",
+        payload={"account": account_id, "lines": wanted},
+        run=run,
+    )
 
 
 def _after_commit_order(*, order: Order, account: Account, sold: dict[int, int]) -> None:
@@ -197,9 +210,10 @@ def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
         account = Account.objects.select_for_update().get(pk=order.account_id)
         lines = list(order.lines.all())
         products = list(
-            Product.objects.select_for_update().filter(pk__in=[ln.product_id for ln in lines])
+            Product.objects.select_for_update()
+            .filter(pk__in=[ln.product_id for ln in lines])
             .order_by("pk")
-        )  # fmt: skip
+        )
         locked = Order.objects.select_for_update().get(pk=order_id)
         if locked.status == Order.Status.CANCELLED:
             return 409, {"error": f"order {order_id} is already cancelled"}
@@ -214,14 +228,20 @@ def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
         locked.status = Order.Status.CANCELLED
         locked.version += 1
         locked.save(update_fields=["status", "version"])
-        Payment.objects.create(account=account, order=locked, kind=Payment.Kind.REFUND,
-                               amount=locked.total)  # fmt: skip
+        Payment.objects.create(
+            account=account, order=locked, kind=Payment.Kind.REFUND, amount=locked.total
+        )
         _account_cache_after_commit(account)
         _order_cache_after_commit(locked)
         return 200, order_data(locked)
 
-    return _idempotent(scope=f"account:{order.account_id}", key=idempotency_key,
-                       operation="order_cancel", payload={"order": order_id}, run=run)  # fmt: skip
+    return _idempotent(
+        scope=f"account:{order.account_id}",
+        key=idempotency_key,
+        operation="order_cancel",
+        payload={"order": order_id},
+        run=run,
+    )
 
 
 def account_deposit(*, account_id: int, amount: int, idempotency_key: str) -> Outcome:
@@ -239,9 +259,12 @@ def account_deposit(*, account_id: int, amount: int, idempotency_key: str) -> Ou
         return 200, account_data(account)
 
     return _idempotent(
-        scope=f"account:{account_id}", key=idempotency_key, operation="account_deposit",
-        payload={"amount": amount}, run=run,
-    )  # fmt: skip
+        scope=f"account:{account_id}",
+        key=idempotency_key,
+        operation="account_deposit",
+        payload={"amount": amount},
+        run=run,
+    )
 
 
 def idempotency_prune(*, older_than_s: int | None = None) -> int:

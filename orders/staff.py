@@ -31,8 +31,7 @@ def _locked_update(*, model, pk: int, changes: dict, allowed: frozenset):
 def product_update(*, product_id: int, changes: dict) -> Product:
     """Change a product's name, SKU or price (never its stock: see product_stock_adjust)."""
     with transaction.atomic():
-        return _locked_update(model=Product, pk=product_id, changes=changes,
-                              allowed=PRODUCT_FIELDS)  # fmt: skip
+        return _locked_update(model=Product, pk=product_id, changes=changes, allowed=PRODUCT_FIELDS)
 
 
 def product_stock_adjust(*, product_id: int, change: int, reason: str, actor=None) -> Product:
@@ -48,8 +47,13 @@ def product_stock_adjust(*, product_id: int, change: int, reason: str, actor=Non
         product.stock += change
         product.version += 1
         product.save(update_fields=["stock", "version"])
-        StockChange.objects.create(product=product, change=change, stock_after=product.stock,
-                                   reason=reason.strip(), actor=actor)  # fmt: skip
+        StockChange.objects.create(
+            product=product,
+            change=change,
+            stock_after=product.stock,
+            reason=reason.strip(),
+            actor=actor,
+        )
     return product
 
 
@@ -57,9 +61,13 @@ def account_update(*, account_id: int, changes: dict) -> Account:
     """Change an account's name or owner (never its balance: deposits and refunds have their
     services); the cached copy is replaced by the new version after the commit."""
     with transaction.atomic():
-        account = _locked_update(model=Account, pk=account_id, changes=changes,
-                                 allowed=ACCOUNT_FIELDS)  # fmt: skip
+        account = _locked_update(
+            model=Account, pk=account_id, changes=changes, allowed=ACCOUNT_FIELDS
+        )
         data = account_data(account)
-        transaction.on_commit(lambda: cache.write_through_quietly(
-            kind="account", obj_id=account.pk, version=account.version, data=data))  # fmt: skip
+        transaction.on_commit(
+            lambda: cache.write_through_quietly(
+                kind="account", obj_id=account.pk, version=account.version, data=data
+            )
+        )
     return account

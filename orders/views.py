@@ -66,10 +66,12 @@ def _api(method: str):
                     raise
                 # PostgreSQL is unreachable: nothing was committed, or the commit's answer was
                 # lost. Retrying with the same Idempotency-Key gives the one answer either way.
-                logger.warning("API %s %s: database unavailable", request.method, request.path,
-                               exc_info=True)  # fmt: skip
-                return _error(503, "the database is unavailable; retry with the same "
-                                   "Idempotency-Key")  # fmt: skip
+                logger.warning(
+                    "API %s %s: database unavailable", request.method, request.path, exc_info=True
+                )
+                return _error(
+                    503, "the database is unavailable; retry with the same Idempotency-Key"
+                )
 
         return wrapped
 

@@ -95,8 +95,9 @@ class DeliveryTask(DjangoTask):
         if unsupported:  # the relay publishes a row as it is: no countdown, eta or other option
             raise TypeError(f"apply_async_on_commit: unsupported options {sorted(unsupported)}")
         queue = options.get("queue") or self.app.amqp.router.route({}, self.name)["queue"].name
-        return outbox_enqueue(task_name=self.name, queue=queue, args=list(args or ()),
-                              kwargs=dict(kwargs or {}))  # fmt: skip
+        return outbox_enqueue(
+            task_name=self.name, queue=queue, args=list(args or ()), kwargs=dict(kwargs or {})
+        )
 
     # --- delivery policy ------------------------------------------------------------------------
 
@@ -230,8 +231,13 @@ class DeliveryTask(DjangoTask):
     def publish_dead_letter(self, *, reason: str, exception: str) -> None:
         request = self.request
         dead_letter_publish_task(
-            app=self.app, task_id=request.id, task_name=self.name, args=list(request.args or []),
-            kwargs=dict(request.kwargs or {}), retries=request.retries,
+            app=self.app,
+            task_id=request.id,
+            task_name=self.name,
+            args=list(request.args or []),
+            kwargs=dict(request.kwargs or {}),
+            retries=request.retries,
             queue=queue_of((request.delivery_info or {}).get("routing_key") or ""),
-            reason=reason, exception=exception,
-        )  # fmt: skip
+            reason=reason,
+            exception=exception,
+        )

@@ -89,8 +89,9 @@ def restore_deliveries(*, old_qos, channel) -> int:
                     channel.unacked_key,
                 )
             except LookupError:
-                logger.error("delivery %s: no route to restore it; left to the visibility "
-                             "timeout", tag)  # fmt: skip
+                logger.error(
+                    "delivery %s: no route to restore it; left to the visibility timeout", tag
+                )
                 continue
             old_qos._delivered.pop(tag, None)
             restored.add(tag)
@@ -129,8 +130,7 @@ def _append_keeping_lost(self, message, delivery_tag):
         if not hasattr(self, "_lost_tags"):
             self._lost_tags = set()
         self._lost_tags.add(delivery_tag)
-        logger.warning("delivery %s taken from the queue but not recorded as unacked",
-                       delivery_tag)  # fmt: skip
+        logger.warning("delivery %s taken from the queue but not recorded as unacked", delivery_tag)
         raise
 
 

@@ -104,16 +104,25 @@ class GroupPublisher:
     ) -> None:
         """Publish a Celery task message and return once the broker confirmed it."""
         headers, properties, body, _ = self._app.amqp.as_task_v2(
-            task_id, name, args, kwargs, retries=retries,
+            task_id,
+            name,
+            args,
+            kwargs,
+            retries=retries,
             # saferepr of the arguments was a visible share of a request's CPU; these are short.
-            argsrepr=repr(args), kwargsrepr=repr(kwargs),
-        )  # fmt: skip
+            argsrepr=repr(args),
+            kwargsrepr=repr(kwargs),
+        )
         content_type, content_encoding, payload = dumps(body, serializer="json")
         properties["delivery_mode"] = 2  # persistent
         item = _Outgoing(
-            task_id=task_id, body=payload, content_type=content_type,
-            content_encoding=content_encoding, headers=headers, properties=properties,
-        )  # fmt: skip
+            task_id=task_id,
+            body=payload,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            headers=headers,
+            properties=properties,
+        )
         self._inbox.put(item)
         if self._waiting:
             with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
@@ -144,8 +153,11 @@ class GroupPublisher:
             remaining = oldest.deadline - time.monotonic()
             if remaining <= 0:
                 # Blocked or stuck: nothing on this connection can be trusted to be confirmed.
-                logger.error("group publisher: no confirm within %.1fs for %d messages",
-                             self._timeout_s, len(self._unconfirmed))  # fmt: skip
+                logger.error(
+                    "group publisher: no confirm within %.1fs for %d messages",
+                    self._timeout_s,
+                    len(self._unconfirmed),
+                )
                 self._connection_lost(TimeoutError("confirm timeout"), retry=False)
                 return
             # Messages handed over meanwhile wait for these acks and then go out together: the
@@ -232,9 +244,13 @@ class GroupPublisher:
         for index, item in enumerate(batch):
             try:
                 message = self._channel.prepare_message(
-                    item.body, None, item.content_type, item.content_encoding, item.headers,
+                    item.body,
+                    None,
+                    item.content_type,
+                    item.content_encoding,
+                    item.headers,
                     item.properties,
-                )  # fmt: skip
+                )
                 item.attempts += 1
                 item.deadline = time.monotonic() + self._timeout_s
                 self._channel.basic_publish(
@@ -284,8 +300,11 @@ class GroupPublisher:
             else:
                 _resolve(item, PublishNotConfirmed(f"connection lost: {exc!r}"))
         if self._retry:
-            logger.warning("group publisher: connection lost, publishing %d messages again: %r",
-                           len(self._retry), exc)  # fmt: skip
+            logger.warning(
+                "group publisher: connection lost, publishing %d messages again: %r",
+                len(self._retry),
+                exc,
+            )
 
     # --- broker callbacks (on this thread, from drain_events) ----------------------------------
 

@@ -93,10 +93,13 @@ def dead_letters_by_reason() -> list[dict]:
         .order_by("-count")
     )
     return [
-        {"reason": row["reason"], "count": row["count"],
-         "url": f"/admin/tasks/deadletter/?status__exact=dead&reason__exact={row['reason']}"}
+        {
+            "reason": row["reason"],
+            "count": row["count"],
+            "url": f"/admin/tasks/deadletter/?status__exact=dead&reason__exact={row['reason']}",
+        }
         for row in rows
-    ]  # fmt: skip
+    ]
 
 
 def cache_stats() -> dict:

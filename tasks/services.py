@@ -95,9 +95,17 @@ def dead_letter_publish(
 
 
 def dead_letter_publish_task(
-    *, app, task_id: str, task_name: str, args: list, kwargs: dict, retries: int,
-    queue: str, reason: str, exception: str,
-) -> None:  # fmt: skip
+    *,
+    app,
+    task_id: str,
+    task_name: str,
+    args: list,
+    kwargs: dict,
+    retries: int,
+    queue: str,
+    reason: str,
+    exception: str,
+) -> None:
     """Publish a complete Celery message for this task to the dead-letter queue (Redis broker)."""
     task_message = app.amqp.as_task_v2(
         task_id, task_name, args=args, kwargs=kwargs, retries=retries
@@ -166,8 +174,9 @@ def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
         letter = _lock_dead_letter(dead_letter_id)
         if app.conf.broker_url.startswith("redis"):
             # The broker Redis still counts the deliveries that dead-lettered it (kept for days).
-            redis_delivery_counts_reset(app=app, message_id=letter.task_id,
-                                        retries_up_to=max(letter.attempts, 1))  # fmt: skip
+            redis_delivery_counts_reset(
+                app=app, message_id=letter.task_id, retries_up_to=max(letter.attempts, 1)
+            )
         app.send_task(
             letter.task_name,
             args=letter.args,

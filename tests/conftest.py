@@ -52,8 +52,11 @@ def amqp_url():
     user = urlparse(base).username or "guest"
     try:
         rabbitmq_api(f"vhosts/{vhost}", method="PUT")
-        rabbitmq_api(f"permissions/{vhost}/{user}", method="PUT",
-                     body={"configure": ".*", "write": ".*", "read": ".*"})  # fmt: skip
+        rabbitmq_api(
+            f"permissions/{vhost}/{user}",
+            method="PUT",
+            body={"configure": ".*", "write": ".*", "read": ".*"},
+        )
     except OSError:
         yield base
         return

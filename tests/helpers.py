@@ -82,30 +82,45 @@ def celery_worker(
     argv += ["--queues", queues, "--concurrency", str(concurrency), "--hostname", hostname]
     argv += ["--pool", "prefork", "--without-gossip", "--without-mingle", *extra_args]
     with _process(
-        argv, name="worker", ready=" ready.", hostname=hostname, log_dir=log_dir,
-        env=_child_env(broker_url=broker_url, database_url=database_url, redis_url=redis_url,
-                       env=env),
-    ) as worker:  # fmt: skip
+        argv,
+        name="worker",
+        ready=" ready.",
+        hostname=hostname,
+        log_dir=log_dir,
+        env=_child_env(
+            broker_url=broker_url, database_url=database_url, redis_url=redis_url, env=env
+        ),
+    ) as worker:
         yield worker
 
 
 @contextlib.contextmanager
 def outbox_relay(
-    *, broker_url: str, database_url: str, log_dir: Path, env: dict[str, str] | None = None,
+    *,
+    broker_url: str,
+    database_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
     redis_url: str | None = None,
-) -> Iterator[Worker]:  # fmt: skip
+) -> Iterator[Worker]:
     """A real ``manage.py outbox_relay`` subprocess (tasks/relay.py)."""
     argv = [sys.executable, "manage.py", "outbox_relay"]
     with _process(
-        argv, name="relay", ready="outbox relay", hostname="", log_dir=log_dir,
-        env=_child_env(broker_url=broker_url, database_url=database_url, redis_url=redis_url,
-                       env=env),
-    ) as relay:  # fmt: skip
+        argv,
+        name="relay",
+        ready="outbox relay",
+        hostname="",
+        log_dir=log_dir,
+        env=_child_env(
+            broker_url=broker_url, database_url=database_url, redis_url=redis_url, env=env
+        ),
+    ) as relay:
         yield relay
 
 
-def _child_env(*, broker_url: str, database_url: str, redis_url: str | None,
-               env: dict[str, str] | None) -> dict[str, str]:  # fmt: skip
+def _child_env(
+    *, broker_url: str, database_url: str, redis_url: str | None, env: dict[str, str] | None
+) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings.test",
@@ -118,14 +133,19 @@ def _child_env(*, broker_url: str, database_url: str, redis_url: str | None,
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], *, name: str, ready: str, hostname: str, log_dir: Path,
-             env: dict[str, str]) -> Iterator[Worker]:  # fmt: skip
+def _process(
+    argv: list[str], *, name: str, ready: str, hostname: str, log_dir: Path, env: dict[str, str]
+) -> Iterator[Worker]:
     log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            argv, cwd=BASE_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            argv,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     started = Worker(process=process, log=log, hostname=hostname)
     try:
         wait_for(
@@ -177,10 +197,21 @@ def unacked_count(broker_url: str, queue_name: str) -> int:
             return conn.channel().client.hlen("unacked")
     vhost = urllib.parse.unquote(urllib.parse.urlparse(broker_url).path[1:]) or "/"
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "-p", vhost, "name",
-         "messages_unacknowledged"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+        [
+            "rabbitmqctl",
+            "list_queues",
+            "--quiet",
+            "--no-table-headers",
+            "-p",
+            vhost,
+            "name",
+            "messages_unacknowledged",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     for line in out.splitlines():
         name, _, count = line.partition("\t")
         if name == queue_name:
@@ -213,9 +244,11 @@ def read_queue(broker_url: str, queue_name: str) -> list:
 def counters_worker(**kwargs):
     """A worker for the counters queue, prefetching whole batches like the real one."""
     return celery_worker(
-        queues="counters", concurrency=kwargs.pop("concurrency", 2),
-        extra_args=["--prefetch-multiplier", "100"], **kwargs,
-    )  # fmt: skip
+        queues="counters",
+        concurrency=kwargs.pop("concurrency", 2),
+        extra_args=["--prefetch-multiplier", "100"],
+        **kwargs,
+    )
 
 
 @contextlib.contextmanager

@@ -265,8 +265,9 @@ COUNTER_GROUP_COMMIT = env.bool("COUNTER_GROUP_COMMIT", default=True)
 # `counters reconcile` (scheduled every COUNTER_RECONCILE_INTERVAL_S) re-publishes a pending delta
 # not applied after this long: the Redis broker can lose a message a worker was taking when it died.
 # Longer than the visibility timeout, after which the broker itself hands unacknowledged ones back.
-COUNTER_REPUBLISH_AFTER_S = env.float("COUNTER_REPUBLISH_AFTER_S",
-                                      default=2 * REDIS_BROKER_VISIBILITY_TIMEOUT)  # fmt: skip
+COUNTER_REPUBLISH_AFTER_S = env.float(
+    "COUNTER_REPUBLISH_AFTER_S", default=2 * REDIS_BROKER_VISIBILITY_TIMEOUT
+)
 COUNTER_RECONCILE_INTERVAL_S = env.float("COUNTER_RECONCILE_INTERVAL_S", default=300.0)
 # Applied delta ids are kept this long to recognise a redelivered delta; must outlast the longest
 # redelivery window (the Redis broker's visibility timeout; a system check enforces it).

@@ -33,10 +33,16 @@ def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -57,10 +63,14 @@ def page(browser, request):
 @pytest.fixture
 def system(broker_url, database_url, cache_redis, worker_log_dir, live_server):
     """The live site plus a counters worker and a general worker on the broker under test."""
-    with publishing_to(broker_url), counters_worker(
-        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir
-    ), celery_worker(
-        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
-        queues="orders,default",
-    ):  # fmt: skip
+    with (
+        publishing_to(broker_url),
+        counters_worker(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
+        celery_worker(
+            broker_url=broker_url,
+            database_url=database_url,
+            log_dir=worker_log_dir,
+            queues="orders,default",
+        ),
+    ):
         yield live_server.url

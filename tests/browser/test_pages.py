@@ -44,8 +44,10 @@ def test_article_views_rise_and_a_like_registers(page, system):
     assert number(page, "#likes") == 1
     assert page.locator("button:has-text('Unlike')").is_visible()
     assert number(page, "#active") == 1
-    wait_for(lambda: Counter.objects.filter(key="article_likes:browser", value=1).exists(),
-             what="the like to reach PostgreSQL")  # fmt: skip
+    wait_for(
+        lambda: Counter.objects.filter(key="article_likes:browser", value=1).exists(),
+        what="the like to reach PostgreSQL",
+    )
 
 
 def test_placing_an_order_on_the_shop_page_lowers_the_balance(page, system):
@@ -65,18 +67,31 @@ def test_placing_an_order_on_the_shop_page_lowers_the_balance(page, system):
 def test_admin_replays_a_dead_letter_and_it_is_applied_once(page, system):
     get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-boss-1")
     delta_id = str(uuid.uuid4())
-    message = FailedMessage(task_id=delta_id, task_name="counters.apply_deltas", queue="counters",
-                            args=[delta_id, "article_views:replayed", 4], kwargs={}, attempts=1,
-                            deliveries=1, broker="redis")  # fmt: skip
-    letter = dead_letter_record(message=message, reason=DeadLetter.Reason.PERMANENT_ERROR,
-                                exception="InjectedFault: fixed since", traceback="")  # fmt: skip
+    message = FailedMessage(
+        task_id=delta_id,
+        task_name="counters.apply_deltas",
+        queue="counters",
+        args=[delta_id, "article_views:replayed", 4],
+        kwargs={},
+        attempts=1,
+        deliveries=1,
+        broker="redis",
+    )
+    letter = dead_letter_record(
+        message=message,
+        reason=DeadLetter.Reason.PERMANENT_ERROR,
+        exception="InjectedFault: fixed since",
+        traceback="",
+    )
     log_in(page, system, "boss", "pw-boss-1", "/admin/tasks/deadletter/")
     page.check(f"input[name=_selected_action][value='{letter.pk}']")
     page.select_option("select[name=action]", "replay")
     page.click("button[name=index]")
     assert "Replayed 1 dead letter" in page.locator(".messagelist").inner_text()
-    wait_for(lambda: Counter.objects.filter(key="article_views:replayed", value=4).exists(),
-             what="the replayed delta to be applied")  # fmt: skip
+    wait_for(
+        lambda: Counter.objects.filter(key="article_views:replayed", value=4).exists(),
+        what="the replayed delta to be applied",
+    )
     letter.refresh_from_db()
     assert letter.status == DeadLetter.Status.REPLAYED
 
@@ -97,14 +112,30 @@ def test_ops_page_numbers_move(page, system):
 @pytest.fixture
 def flower(broker_url):
     port = free_port()
-    env = {**os.environ, "CELERY_BROKER_URL": broker_url, "FLOWER_BASIC_AUTH": "fl:secret-pw",
-           "DJANGO_SETTINGS_MODULE": "project.settings.test"}  # fmt: skip
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": broker_url,
+        "FLOWER_BASIC_AUTH": "fl:secret-pw",
+        "DJANGO_SETTINGS_MODULE": "project.settings.test",
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "project", "flower",
-         "--conf=project/flowerconfig.py", "--address=127.0.0.1", f"--port={port}"],
-        cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "flower",
+            "--conf=project/flowerconfig.py",
+            "--address=127.0.0.1",
+            f"--port={port}",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         wait_for_port(port, process, "flower", BASE_DIR)
         yield f"http://127.0.0.1:{port}/"

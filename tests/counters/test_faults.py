@@ -29,9 +29,11 @@ def test_poison_delta_that_raises_is_dead_lettered_others_applied_then_replayed_
 ):
     poison_key, innocent = "article_views:poison-raise", "article_views:innocent"
     with counters_worker(
-        broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
+        broker_url=broker,
+        database_url=database_url,
+        log_dir=worker_log_dir,
         env={"COUNTER_FAULTS": f"raise={poison_key}"},
-    ):  # fmt: skip
+    ):
         for _ in range(5):
             services.counter_incr(key=innocent)
         services.counter_incr(key=poison_key, amount=3)
@@ -73,13 +75,18 @@ def test_database_errors_re_publish_the_batch_with_backoff_and_lose_nothing(
     key = "article_views:db-down"
     cache_redis.set("fault:transient", 1)
     with counters_worker(
-        broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
+        broker_url=broker,
+        database_url=database_url,
+        log_dir=worker_log_dir,
         env={"COUNTER_FAULTS": f"transient={key}", "TASK_RETRY_BACKOFF_BASE": "0.5"},
-    ) as running:  # fmt: skip
+    ) as running:
         for _ in range(6):
             services.counter_incr(key=key, amount=2)
-        wait_for(lambda: running.output().count(" retry 2 ") >= 1, timeout=60,
-                 what="retries of the failed batch")  # fmt: skip
+        wait_for(
+            lambda: running.output().count(" retry 2 ") >= 1,
+            timeout=60,
+            what="retries of the failed batch",
+        )
         assert durable(key) == 0
         cache_redis.delete("fault:transient")  # the database is back
         drain()
@@ -96,8 +103,9 @@ def replay_from_admin(letter: DeadLetter) -> None:
     admin = get_user_model().objects.create_superuser("replayer", "r@example.invalid", "pw")
     client = Client()
     client.force_login(admin)
-    response = client.post("/admin/tasks/deadletter/",
-                           {"action": "replay", "_selected_action": [letter.pk]})  # fmt: skip
+    response = client.post(
+        "/admin/tasks/deadletter/", {"action": "replay", "_selected_action": [letter.pk]}
+    )
     assert response.status_code == 302
 
 
@@ -110,17 +118,20 @@ def test_a_delta_that_killed_its_worker_is_replayed_once_after_the_fix(
     poison_key = f"article_views:poison-kill-{replay}"
     limits = {"TASK_MAX_DELIVERIES": "2"}
     with counters_worker(
-        broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
+        broker_url=broker,
+        database_url=database_url,
+        log_dir=worker_log_dir,
         env={"COUNTER_FAULTS": f"kill_before_commit={poison_key}", **limits},
-    ):  # fmt: skip
+    ):
         services.counter_incr(key=poison_key, amount=4)
         letter = wait_for(lambda: DeadLetter.objects.first(), timeout=120, what="the dead letter")
         drain()
     assert letter.reason == DeadLetter.Reason.DELIVERY_LIMIT
     assert durable(poison_key) == 0
 
-    with counters_worker(broker_url=broker, database_url=database_url, log_dir=worker_log_dir,
-                         env=limits):  # fmt: skip
+    with counters_worker(
+        broker_url=broker, database_url=database_url, log_dir=worker_log_dir, env=limits
+    ):
         if replay == "cli":
             call_command("deadletters", "replay", str(letter.pk))
         else:

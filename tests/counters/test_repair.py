@@ -276,9 +276,16 @@ def test_reconcile_stops_counting_a_dead_lettered_delta_as_pending(cache_redis):
     dead = str(uuid.uuid4())
     cache.bump(key=key, delta_id=dead, amount=2, now=time.time())
     DeadLetter.objects.create(
-        task_id=dead, task_name=services.APPLY_TASK, queue="counters", args=[dead, key, 2],
-        reason=DeadLetter.Reason.PERMANENT_ERROR, attempts=1, deliveries=1, broker="redis",
-        first_failed_at=timezone.now(), last_failed_at=timezone.now(),
-    )  # fmt: skip
+        task_id=dead,
+        task_name=services.APPLY_TASK,
+        queue="counters",
+        args=[dead, key, 2],
+        reason=DeadLetter.Reason.PERMANENT_ERROR,
+        attempts=1,
+        deliveries=1,
+        broker="redis",
+        first_failed_at=timezone.now(),
+        last_failed_at=timezone.now(),
+    )
     assert [(r.key, r.before, r.after) for r in services.counter_reconcile()] == [(key, 2, 0)]
     assert services.counter_get(key=key) == services.CounterReading(0, 0, 0)

@@ -12,8 +12,9 @@ def main(account_id: int, sku: str, count: int) -> None:
 
     placed = 0
     for _ in range(count):
-        outcome = order_place(account_id=account_id, lines=[{"sku": sku, "qty": 1}],
-                              idempotency_key=uuid.uuid4().hex)  # fmt: skip
+        outcome = order_place(
+            account_id=account_id, lines=[{"sku": sku, "qty": 1}], idempotency_key=uuid.uuid4().hex
+        )
         placed += outcome.status == 201
     print(placed)
 

@@ -26,8 +26,9 @@ def staff_client(transactional_db, cache_redis):
 
 
 def place(account, sku: str, qty: int = 1) -> services.Outcome:
-    return services.order_place(account_id=account.pk, lines=[{"sku": sku, "qty": qty}],
-                                idempotency_key=uuid.uuid4().hex)  # fmt: skip
+    return services.order_place(
+        account_id=account.pk, lines=[{"sku": sku, "qty": qty}], idempotency_key=uuid.uuid4().hex
+    )
 
 
 def test_renaming_a_product_while_orders_flow_keeps_the_stock_they_took(
@@ -38,8 +39,14 @@ def test_renaming_a_product_while_orders_flow_keeps_the_stock_they_took(
     for _ in range(3):
         assert place(account, "mug", 2).status == 201
     # What a form opened before those orders sends, stock included.
-    form = {"sku": "mug", "name": "Big mug", "price": 300, "stock": 20,
-            "stock_changes-TOTAL_FORMS": 0, "stock_changes-INITIAL_FORMS": 0}  # fmt: skip
+    form = {
+        "sku": "mug",
+        "name": "Big mug",
+        "price": 300,
+        "stock": 20,
+        "stock_changes-TOTAL_FORMS": 0,
+        "stock_changes-INITIAL_FORMS": 0,
+    }
     response = staff_client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
     product.refresh_from_db()
@@ -49,9 +56,15 @@ def test_renaming_a_product_while_orders_flow_keeps_the_stock_they_took(
 
 def test_a_stock_change_is_locked_and_recorded_with_who_and_why(account, product, staff_client):
     url = f"/admin/orders/product/{product.pk}/change/"
-    form = {"sku": "mug", "name": "Mug", "price": 300, "stock_change": 5,
-            "stock_change_reason": "delivery 42", "stock_changes-TOTAL_FORMS": 0,
-            "stock_changes-INITIAL_FORMS": 0}  # fmt: skip
+    form = {
+        "sku": "mug",
+        "name": "Mug",
+        "price": 300,
+        "stock_change": 5,
+        "stock_change_reason": "delivery 42",
+        "stock_changes-TOTAL_FORMS": 0,
+        "stock_changes-INITIAL_FORMS": 0,
+    }
     assert place(account, "mug", 3).status == 201
     assert staff_client.post(url, form).status_code == 302
     product.refresh_from_db()
@@ -69,8 +82,13 @@ def test_an_account_saved_in_the_admin_bumps_its_version_and_is_served_fresh(
 ):
     assert selectors.account_get_cached(account_id=account.pk)["name"] == "alice's"  # cached
     url = f"/admin/orders/account/{account.pk}/change/"
-    form = {"owner": alice.pk, "name": "Alice Ltd", "payments-TOTAL_FORMS": 0,
-            "payments-INITIAL_FORMS": 0, "balance": 1}  # fmt: skip
+    form = {
+        "owner": alice.pk,
+        "name": "Alice Ltd",
+        "payments-TOTAL_FORMS": 0,
+        "payments-INITIAL_FORMS": 0,
+        "balance": 1,
+    }
     response = staff_client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
     account_before = account.version
@@ -86,8 +104,14 @@ def test_a_deposit_in_the_admin_goes_through_the_service_once_per_form(
     url = f"/admin/orders/account/{account.pk}/change/"
     page = staff_client.get(url).content.decode()
     key = page.split('name="deposit_key" value="')[1].split('"')[0]  # this rendering's key
-    form = {"owner": alice.pk, "name": "alice's", "deposit": 250, "deposit_key": key,
-            "payments-TOTAL_FORMS": 0, "payments-INITIAL_FORMS": 0}  # fmt: skip
+    form = {
+        "owner": alice.pk,
+        "name": "alice's",
+        "deposit": 250,
+        "deposit_key": key,
+        "payments-TOTAL_FORMS": 0,
+        "payments-INITIAL_FORMS": 0,
+    }
     for _ in range(2):  # a double submit of the same form
         assert staff_client.post(url, form).status_code == 302
     account.refresh_from_db()
@@ -119,8 +143,9 @@ def test_the_admin_offers_no_delete_for_ledger_counter_products_or_accounts(
     account, product, staff_client
 ):
     Counter.objects.create(key="article_views:x", value=1, version=1)
-    delta = AppliedDelta.objects.create(delta_id=uuid.uuid4(), key="article_views:x", amount=1,
-                                        applied_at="2026-01-01T00:00Z")  # fmt: skip
+    delta = AppliedDelta.objects.create(
+        delta_id=uuid.uuid4(), key="article_views:x", amount=1, applied_at="2026-01-01T00:00Z"
+    )
     for url in (
         "/admin/counters/counter/article_views:x/delete/",
         f"/admin/counters/applieddelta/{delta.pk}/delete/",
@@ -148,8 +173,7 @@ def test_a_sku_renamed_between_the_check_and_the_lock_refuses_the_order(account,
     import psycopg
 
     db = connection.settings_dict
-    other = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
-                            dbname=db["NAME"])  # fmt: skip
+    other = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
     result = {}
 
     def place_and_close():
@@ -159,13 +183,14 @@ def test_a_sku_renamed_between_the_check_and_the_lock_refuses_the_order(account,
             connection.close()  # this thread's own connection
 
     try:
-        other.execute("UPDATE orders_product SET sku = 'mug-renamed' WHERE id = %s",
-                      [product.pk])  # fmt: skip
+        other.execute("UPDATE orders_product SET sku = 'mug-renamed' WHERE id = %s", [product.pk])
         placing = threading.Thread(target=place_and_close)
         placing.start()
         deadline = time.monotonic() + 20
-        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                   "AND datname = current_database() AND query LIKE %s")  # fmt: skip
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() AND query LIKE %s"
+        )
         # pg_stat_activity is a snapshot kept for the rest of a transaction: ask it afresh.
         while (
             not other.execute("SELECT pg_stat_clear_snapshot()")

@@ -39,8 +39,9 @@ def test_place_read_and_cancel_an_order_with_a_token(api, account, product):
     assert order["total"] == 600 and order["lines"] == [{"sku": "mug", "qty": 2, "unit_price": 300}]
     again = post(api, "/api/orders", {"account": account.pk, "lines": [{"sku": "mug", "qty": 2}]})
     assert (again.status_code, again.json()) == (201, order)
-    other_body = post(api, "/api/orders", {"account": account.pk,
-                                           "lines": [{"sku": "mug", "qty": 3}]})  # fmt: skip
+    other_body = post(
+        api, "/api/orders", {"account": account.pk, "lines": [{"sku": "mug", "qty": 3}]}
+    )
     assert other_body.status_code == 422
     assert Order.objects.count() == 1
     assert api.get(f"/api/orders/{order['id']}").json()["status"] == "placed"
@@ -58,14 +59,26 @@ def test_error_codes(api, account, product):
         == 400
     )
     assert post(api, "/api/orders", {"account": "1", "lines": ok_lines}).status_code == 400
-    assert post(api, "/api/orders", {"account": account.pk, "lines": [{"sku": "x", "qty": 1}]},
-                key=uuid.uuid4().hex).status_code == 400  # fmt: skip
+    assert (
+        post(
+            api,
+            "/api/orders",
+            {"account": account.pk, "lines": [{"sku": "x", "qty": 1}]},
+            key=uuid.uuid4().hex,
+        ).status_code
+        == 400
+    )
     assert post(api, "/api/orders", {"account": 999999, "lines": ok_lines}).status_code == 404
-    big = post(api, "/api/orders", {"account": account.pk, "lines": [{"sku": "mug", "qty": 500}]},
-               key="big")  # fmt: skip
+    big = post(
+        api,
+        "/api/orders",
+        {"account": account.pk, "lines": [{"sku": "mug", "qty": 500}]},
+        key="big",
+    )
     assert big.status_code == 409 and "insufficient" in big.json()["error"]
-    bad_json = api.post("/api/orders", data="{nope", content_type="application/json",
-                        HTTP_IDEMPOTENCY_KEY="j")  # fmt: skip
+    bad_json = api.post(
+        "/api/orders", data="{nope", content_type="application/json", HTTP_IDEMPOTENCY_KEY="j"
+    )
     assert bad_json.status_code == 400 and "error" in bad_json.json()
     assert api.get("/api/orders/999999").status_code == 404
     assert not Order.objects.exists()
@@ -85,11 +98,19 @@ def test_a_user_cannot_read_or_spend_another_users_account(api, account, product
         assert spend.status_code == 403
         csrf_ok = Client(enforce_csrf_checks=False)
         csrf_ok.force_login(bob)
-        assert post(csrf_ok, "/api/orders", {"account": account.pk, "lines": lines},
-                    key="m2").status_code == 403  # fmt: skip
+        assert (
+            post(
+                csrf_ok, "/api/orders", {"account": account.pk, "lines": lines}, key="m2"
+            ).status_code
+            == 403
+        )
         assert post(csrf_ok, f"/api/orders/{order_id}/cancel", {}, key="m3").status_code == 403
-        assert post(csrf_ok, f"/api/accounts/{account.pk}/deposit", {"amount": 5},
-                    key="m4").status_code == 403  # fmt: skip
+        assert (
+            post(
+                csrf_ok, f"/api/accounts/{account.pk}/deposit", {"amount": 5}, key="m4"
+            ).status_code
+            == 403
+        )
     assert Client().get(f"/api/accounts/{account.pk}").status_code == 401
     assert (
         Client(HTTP_AUTHORIZATION="Bearer wrong").get(f"/api/accounts/{account.pk}").status_code
@@ -105,13 +126,15 @@ def test_shop_page_order_and_cancel(alice, account, product, broker_url):
         page = client.get("/shop/").content.decode()
         assert f'id="balance-{account.pk}">10000<' in page
         key = page.split('name="form_key" value="')[1].split('"')[0]
-        response = client.post("/shop/order", {"account": account.pk, "form_key": key,
-                                               "sku": ["mug"], "qty": ["2"]})  # fmt: skip
+        response = client.post(
+            "/shop/order", {"account": account.pk, "form_key": key, "sku": ["mug"], "qty": ["2"]}
+        )
         assert response.status_code == 302
         order_page = client.get(response["Location"]).content.decode()
         assert 'id="status">placed<' in order_page
         assert f'id="balance-{account.pk}">9400<' in client.get("/shop/").content.decode()
         # The same form submitted twice (a double click) places one order.
-        client.post("/shop/order", {"account": account.pk, "form_key": key,
-                                    "sku": ["mug"], "qty": ["2"]})  # fmt: skip
+        client.post(
+            "/shop/order", {"account": account.pk, "form_key": key, "sku": ["mug"], "qty": ["2"]}
+        )
         assert Order.objects.count() == 1

@@ -28,10 +28,14 @@ def test_confirmation_mail_retries_while_the_mail_server_is_down_then_is_sent(
         ),
         outbox_relay(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
     ):
-        order_id = services.order_place(account_id=account.pk, lines=[{"sku": "mug", "qty": 1}],
-                                        idempotency_key=uuid.uuid4().hex).body["id"]  # fmt: skip
-        wait_for(lambda: int(cache_redis.get("test:mail-failures") or 0) >= 2,
-                 what="two failed attempts")  # fmt: skip
+        order_id = services.order_place(
+            account_id=account.pk,
+            lines=[{"sku": "mug", "qty": 1}],
+            idempotency_key=uuid.uuid4().hex,
+        ).body["id"]
+        wait_for(
+            lambda: int(cache_redis.get("test:mail-failures") or 0) >= 2, what="two failed attempts"
+        )
         cache_redis.delete("test:mail-down")
         sent = wait_for(lambda: cache_redis.lrange("test:mail-sent", 0, -1), what="the mail")
         settle(broker_url, "orders")
@@ -44,13 +48,20 @@ def test_confirmation_for_an_order_that_does_not_exist_dead_letters_at_once(
 ):
     from project.celery import app
 
-    with publishing_to(broker_url), celery_worker(
-        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir,
-        queues="orders", env=MAIL_ENV,
-    ):  # fmt: skip
+    with (
+        publishing_to(broker_url),
+        celery_worker(
+            broker_url=broker_url,
+            database_url=database_url,
+            log_dir=worker_log_dir,
+            queues="orders",
+            env=MAIL_ENV,
+        ),
+    ):
         task_id = app.send_task("orders.send_confirmation", args=[424242]).id
-        letter = wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(),
-                          what="the dead letter")  # fmt: skip
+        letter = wait_for(
+            lambda: DeadLetter.objects.filter(task_id=task_id).first(), what="the dead letter"
+        )
         settle(broker_url, "orders")
     assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
     assert letter.attempts == 1 and letter.queue == "orders"
@@ -77,13 +88,18 @@ def test_a_confirmation_task_that_runs_again_mails_once(
         ),
         outbox_relay(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
     ):
-        order_id = services.order_place(account_id=account.pk, lines=[{"sku": "mug", "qty": 1}],
-                                        idempotency_key=uuid.uuid4().hex).body["id"]  # fmt: skip
+        order_id = services.order_place(
+            account_id=account.pk,
+            lines=[{"sku": "mug", "qty": 1}],
+            idempotency_key=uuid.uuid4().hex,
+        ).body["id"]
         for _ in range(2):
             app.send_task("orders.send_confirmation", args=[order_id])
         wait_for(lambda: queue_depth(broker_url, "orders") == 0, what="the copies taken")
         settle(broker_url, "orders")
-        wait_for(lambda: OrderConfirmation.objects.filter(order_id=order_id).exists(),
-                 what="the sent-marker")  # fmt: skip
+        wait_for(
+            lambda: OrderConfirmation.objects.filter(order_id=order_id).exists(),
+            what="the sent-marker",
+        )
     assert cache_redis.lrange("test:mail-sent", 0, -1) == [f"Order {order_id} placed".encode()]
     assert not DeadLetter.objects.exists()

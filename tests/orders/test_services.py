@@ -25,8 +25,11 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 
 
 def place(account, sku="mug", qty=1, key=None):
-    return services.order_place(account_id=account.pk, lines=[{"sku": sku, "qty": qty}],
-                                idempotency_key=key or uuid.uuid4().hex)  # fmt: skip
+    return services.order_place(
+        account_id=account.pk,
+        lines=[{"sku": sku, "qty": qty}],
+        idempotency_key=key or uuid.uuid4().hex,
+    )
 
 
 def test_concurrent_orders_from_threads_and_processes_never_overdraw_or_oversell(
@@ -47,10 +50,13 @@ def test_concurrent_orders_from_threads_and_processes_never_overdraw_or_oversell
             connection.close()
 
     db = settings.DATABASES["default"]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.test",
-           "CELERY_BROKER_URL": broker_url,
-           "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/"
-                           f"{db['NAME']}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings.test",
+        "CELERY_BROKER_URL": broker_url,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/"
+        f"{db['NAME']}",
+    }
     with publishing_to(broker_url):
         processes = [
             subprocess.Popen(
@@ -229,15 +235,23 @@ def test_a_rolled_back_transaction_dispatches_nothing_and_caches_nothing(
 
 
 def test_invalid_input_writes_nothing(account, product):
-    for lines in ([], [{"sku": "mug"}], [{"sku": "mug", "qty": 0}], [{"sku": "nope", "qty": 1}],
-                  [{"sku": "mug", "qty": True}], "mug"):  # fmt: skip
+    for lines in (
+        [],
+        [{"sku": "mug"}],
+        [{"sku": "mug", "qty": 0}],
+        [{"sku": "nope", "qty": 1}],
+        [{"sku": "mug", "qty": True}],
+        "mug",
+    ):
         with pytest.raises(services.OrderInputError):
             services.order_place(account_id=account.pk, lines=lines, idempotency_key="x")
     with pytest.raises(Account.DoesNotExist):
-        services.order_place(account_id=999999, lines=[{"sku": "mug", "qty": 1}],
-                             idempotency_key="x")  # fmt: skip
+        services.order_place(
+            account_id=999999, lines=[{"sku": "mug", "qty": 1}], idempotency_key="x"
+        )
     assert not Order.objects.exists()
     from orders.models import IdempotencyRecord
 
-    assert not IdempotencyRecord.objects.exclude(scope=f"account:{account.pk}",
-                                                 status_code=200).exists()  # fmt: skip
+    assert not IdempotencyRecord.objects.exclude(
+        scope=f"account:{account.pk}", status_code=200
+    ).exists()

@@ -26,8 +26,16 @@ def test_compose_runs_the_launcher_processes_with_the_same_commands():
 def test_compose_has_the_servers_with_health_checks_and_a_scalable_worker():
     services = load()
     assert {"postgres", "redis", "rabbitmq", "migrate", *PROCESS_NAMES} <= set(services)
-    for name in ("postgres", "redis", "rabbitmq", "web", "worker", "counters-worker",
-                 "outbox-relay", "flower"):  # fmt: skip
+    for name in (
+        "postgres",
+        "redis",
+        "rabbitmq",
+        "web",
+        "worker",
+        "counters-worker",
+        "outbox-relay",
+        "flower",
+    ):
         assert services[name]["healthcheck"]["test"], name
     for name in PROCESS_NAMES:
         assert services[name]["restart"] == "unless-stopped", name

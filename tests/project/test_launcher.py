@@ -52,9 +52,12 @@ class Launched:
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "project.launcher"],
-                cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=BASE_DIR,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -111,9 +114,12 @@ def test_make_run_without_urls_starts_embedded_servers_and_ctrl_c_leaves_nothing
         broker = re.search(r"CELERY_BROKER_URL=(\S+)", out).group(1)
         ping = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10"],
-            cwd=BASE_DIR, env={**os.environ, "CELERY_BROKER_URL": broker},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=BASE_DIR,
+            env={**os.environ, "CELERY_BROKER_URL": broker},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
 
         started = launched.descendants()

@@ -22,12 +22,18 @@ class Command(BaseCommand):
         )
         drain.add_argument("--timeout", type=float, default=60.0, help="seconds (exit 1 after)")
         reconcile = sub.add_parser(
-            "reconcile", help="repair drift between Redis and PostgreSQL + pending; re-publish "
+            "reconcile",
+            help="repair drift between Redis and PostgreSQL + pending; re-publish "
             "stranded pending deltas",
-        )  # fmt: skip
-        reconcile.add_argument("--republish-after", type=float, default=None, metavar="S",
-                               help="re-publish pending deltas older than S seconds that are not "
-                               "applied (default: COUNTER_REPUBLISH_AFTER_S)")  # fmt: skip
+        )
+        reconcile.add_argument(
+            "--republish-after",
+            type=float,
+            default=None,
+            metavar="S",
+            help="re-publish pending deltas older than S seconds that are not "
+            "applied (default: COUNTER_REPUBLISH_AFTER_S)",
+        )
 
     def handle(self, *args, action: str, **options):
         return getattr(self, f"do_{action}")(**options)

@@ -7,13 +7,22 @@ from orders.models import Account, Product
 from orders.services import account_deposit
 
 DEMO_ARTICLES = [
-    ("redis-is-not-the-truth", "Redis is not the truth",
-     "Count fast in Redis, carry every delta through a durable queue, trust PostgreSQL."),
-    ("exactly-once-by-ledger", "Exactly once, by ledger",
-     "A delta id goes into the ledger in the same transaction that adds its amount."),
-    ("dead-letters-are-visible", "Dead letters are visible",
-     "A delta that cannot be applied ends in the dead-letter queue and table, replayable."),
-]  # fmt: skip
+    (
+        "redis-is-not-the-truth",
+        "Redis is not the truth",
+        "Count fast in Redis, carry every delta through a durable queue, trust PostgreSQL.",
+    ),
+    (
+        "exactly-once-by-ledger",
+        "Exactly once, by ledger",
+        "A delta id goes into the ledger in the same transaction that adds its amount.",
+    ),
+    (
+        "dead-letters-are-visible",
+        "Dead letters are visible",
+        "A delta that cannot be applied ends in the dead-letter queue and table, replayable.",
+    ),
+]
 DEMO_PRODUCTS = [
     ("mug", "Queue mug", 1200, 50),
     ("tee", "Ledger T-shirt", 2500, 30),
@@ -40,8 +49,9 @@ class Command(BaseCommand):
             Article.objects.get_or_create(slug=slug, defaults={"title": title, "body": body})
         self.stdout.write(f"{len(DEMO_ARTICLES)} demo articles")
         for sku, name, price, stock in DEMO_PRODUCTS:
-            Product.objects.get_or_create(sku=sku, defaults={"name": name, "price": price,
-                                                             "stock": stock})  # fmt: skip
+            Product.objects.get_or_create(
+                sku=sku, defaults={"name": name, "price": price, "stock": stock}
+            )
         account, created = Account.objects.get_or_create(
             owner=user, name="Demo account", defaults={"balance": 0}
         )
