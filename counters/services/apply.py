@@ -171,56 +171,95 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
     return outcome
 
 
-def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
-    if broker_kind(app) == "redis":
-        try:
-            # Once per distinct message: copies of one delta in the same job (a restore after a
-            # broker restart, a duplicate publish) are one delivery, not several.
-            distinct = list(dict.fromkeys((d.message_id, d.retries) for d in deltas))
-            counts = dict(
-                zip(distinct, redis_delivery_counts(app=app, messages=distinct), strict=True)
-            )
-            for delta in deltas:
-                delta.deliveries = counts[(delta.message_id, delta.retries)]
-        except Exception:  # counting must never stop deltas from being applied
-            logger.exception("could not count deliveries")
+Parsed = tuple[str, str, int]  # (delta id, key, amount)
 
-    groups: list[list[tuple[IncomingDelta, tuple[str, str, int]]]] = []
+
+@dataclass
+class Partition:
+    """A batch sorted by what must happen to each of its messages (``deltas_partition``)."""
+
+    # Over the delivery limit, but the ledger has it: applied before its worker died (after the
+    # commit, before the acknowledgement). Nothing to do but acknowledge.
+    done: list[IncomingDelta] = field(default_factory=list)
+    over_limit: list[IncomingDelta] = field(default_factory=list)  # dead-letter: worker lost
+    malformed: list[tuple[IncomingDelta, str]] = field(default_factory=list)  # dead-letter
+    # Applied in this order: every first delivery together, then each redelivered one alone (it
+    # was in a batch whose worker died: a poison delta can then only take itself down).
+    groups: list[list[tuple[IncomingDelta, Parsed]]] = field(default_factory=list)
+
+
+def deltas_partition(
+    *, deltas: list[IncomingDelta], max_deliveries: int, applied: set[str]
+) -> Partition:
+    """Sort a batch (no I/O). ``applied``: the delta ids of the batch the ledger already holds."""
+    partition = Partition()
     fresh = []
-    over_limit = [d for d in deltas if d.deliveries > settings.TASK_MAX_DELIVERIES]
-    done = set()
-    if over_limit:
-        # Applied before its worker died (after the commit, before the ack): nothing to do.
-        ids = [str(d.args[0]) for d in over_limit if d.args]
-        done = {
-            str(i)
-            for i in AppliedDelta.objects.filter(delta_id__in=valid_uuids(ids)).values_list(
-                "delta_id", flat=True
-            )
-        }
     for delta in deltas:
-        if delta.args and str(delta.args[0]) in done:
-            outcome.settled.add(delta.message_id)
-            outcome.done.append(delta.message_id)
-            continue
-        if delta.deliveries > settings.TASK_MAX_DELIVERIES:
-            reason = f"worker lost while applying this delta {delta.deliveries - 1} times"
-            _dead_letter(delta, DeadLetter.Reason.DELIVERY_LIMIT, reason, "", outcome)
-            continue
-        try:
-            parsed = _parse(delta)
-        except InvalidCounter as exc:
-            _dead_letter(
-                delta, DeadLetter.Reason.PERMANENT_ERROR, f"InvalidCounter: {exc}", "", outcome
-            )
-            continue
-        if delta.deliveries == 1:
-            fresh.append((delta, parsed))
+        if delta.args and str(delta.args[0]) in applied:
+            partition.done.append(delta)
+        elif delta.deliveries > max_deliveries:
+            partition.over_limit.append(delta)
         else:
-            groups.append([(delta, parsed)])
+            try:
+                parsed = _parse(delta)
+            except InvalidCounter as exc:
+                partition.malformed.append((delta, f"InvalidCounter: {exc}"))
+                continue
+            if delta.deliveries == 1:
+                fresh.append((delta, parsed))
+            else:
+                partition.groups.append([(delta, parsed)])
     if fresh:
-        groups.insert(0, fresh)
+        partition.groups.insert(0, fresh)
+    return partition
 
+
+def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
+    _count_deliveries(deltas)
+    partition = deltas_partition(
+        deltas=deltas,
+        max_deliveries=settings.TASK_MAX_DELIVERIES,
+        applied=_applied_over_limit(deltas),
+    )
+    for delta in partition.done:
+        outcome.settled.add(delta.message_id)
+        outcome.done.append(delta.message_id)
+    for delta in partition.over_limit:
+        reason = f"worker lost while applying this delta {delta.deliveries - 1} times"
+        _dead_letter(delta, DeadLetter.Reason.DELIVERY_LIMIT, reason, "", outcome)
+    for delta, error in partition.malformed:
+        _dead_letter(delta, DeadLetter.Reason.PERMANENT_ERROR, error, "", outcome)
+    _apply_groups(partition.groups, outcome)
+
+
+def _count_deliveries(deltas: list[IncomingDelta]) -> None:
+    """Redis broker: set each delta's delivery count (RabbitMQ's come in a header)."""
+    if broker_kind(app) != "redis":
+        return
+    try:
+        # Once per distinct message: copies of one delta in the same job (a restore after a
+        # broker restart, a duplicate publish) are one delivery, not several.
+        distinct = list(dict.fromkeys((d.message_id, d.retries) for d in deltas))
+        counts = dict(zip(distinct, redis_delivery_counts(app=app, messages=distinct), strict=True))
+        for delta in deltas:
+            delta.deliveries = counts[(delta.message_id, delta.retries)]
+    except Exception:  # counting must never stop deltas from being applied
+        logger.exception("could not count deliveries")
+
+
+def _applied_over_limit(deltas: list[IncomingDelta]) -> set[str]:
+    """The ids of the over-the-limit deltas that the ledger holds (one query, only if any)."""
+    ids = [str(d.args[0]) for d in deltas if d.deliveries > settings.TASK_MAX_DELIVERIES and d.args]
+    if not ids:
+        return set()
+    rows = AppliedDelta.objects.filter(delta_id__in=valid_uuids(ids))
+    return {str(i) for i in rows.values_list("delta_id", flat=True)}
+
+
+def _apply_groups(groups: list[list[tuple[IncomingDelta, Parsed]]], outcome: BatchOutcome) -> None:
+    """Each group in one transaction. A transient error retries the group later; a permanent one
+    splits it until the culprit is alone, which is dead-lettered ("others unaffected")."""
+    groups = list(groups)
     while groups:
         group = groups.pop(0)
         try:
@@ -235,13 +274,8 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
                 groups[:0] = [[member] for member in group]
             else:
                 error = f"{type(exc).__name__}: {exc}"
-                _dead_letter(
-                    group[0][0],
-                    DeadLetter.Reason.PERMANENT_ERROR,
-                    error,
-                    traceback.format_exc(),
-                    outcome,
-                )
+                reason = DeadLetter.Reason.PERMANENT_ERROR
+                _dead_letter(group[0][0], reason, error, traceback.format_exc(), outcome)
             continue
         outcome.settled.update(delta.message_id for delta, _ in group)
         outcome.done.extend(delta.message_id for delta, _ in group)

@@ -1,0 +1,58 @@
+"""The batch partition (counters/services/apply.py): a pure function, so tested without servers."""
+
+import uuid
+
+from counters.services.apply import IncomingDelta, deltas_partition
+
+
+def delta(*, key="article_views:a", amount=1, deliveries=1, args=None) -> IncomingDelta:
+    delta_id = str(uuid.uuid4())
+    return IncomingDelta(
+        message_id=delta_id,
+        args=args if args is not None else [delta_id, key, amount],
+        deliveries=deliveries,
+    )
+
+
+def test_first_deliveries_go_together_first_and_each_redelivered_one_alone():
+    first, second = delta(), delta(amount=2)
+    again, again_too = delta(deliveries=2), delta(deliveries=5)
+    partition = deltas_partition(
+        deltas=[again, first, again_too, second], max_deliveries=5, applied=set()
+    )
+    assert [[d for d, _ in group] for group in partition.groups] == [
+        [first, second],
+        [again],
+        [again_too],
+    ]
+    assert partition.groups[0][1][1] == (second.message_id, "article_views:a", 2)
+    assert not (partition.done or partition.over_limit or partition.malformed)
+
+
+def test_over_the_limit_is_dead_lettered_unless_the_ledger_has_it():
+    lost, applied_before = delta(deliveries=6), delta(deliveries=6)
+    copy = delta(args=list(applied_before.args))  # a first-delivery copy of the applied one
+    partition = deltas_partition(
+        deltas=[lost, applied_before, copy],
+        max_deliveries=5,
+        applied={applied_before.args[0]},
+    )
+    assert partition.over_limit == [lost]
+    assert partition.done == [applied_before, copy]
+    assert partition.groups == []
+
+
+def test_malformed_deltas_are_set_aside_with_their_reason():
+    cases = {
+        "arity": delta(args=["only-one"]),
+        "id": delta(args=["not-a-uuid", "article_views:a", 1]),
+        "ephemeral": delta(key="active_readers:a"),
+        "undeclared": delta(key="nope:a"),
+        "amount": delta(amount=0),
+        "boolean": delta(amount=True),
+    }
+    good = delta()
+    partition = deltas_partition(deltas=[*cases.values(), good], max_deliveries=5, applied=set())
+    assert [d for d, _ in partition.malformed] == list(cases.values())
+    assert all(reason.startswith("InvalidCounter: ") for _, reason in partition.malformed)
+    assert [[d for d, _ in group] for group in partition.groups] == [[good]]
