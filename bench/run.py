@@ -530,9 +530,9 @@ def reads(repeats: int = 200) -> dict:
 def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
     from django_redis import get_redis_connection
 
+    from counters.cache import LAG_SAMPLES_KEY
     from counters.services import counter_incr
     from project.celery import app
-    from tasks.selectors import LAG_SAMPLES_KEY
 
     purge_counters_queue(app.conf.broker_url)
     get_redis_connection("default").delete(LAG_SAMPLES_KEY)

@@ -39,6 +39,8 @@ Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) whe
   what is recorded afterwards, low but within bounds, and exact again once the queue drains.
 """
 
+import json
+import time
 from dataclasses import dataclass
 
 from django_redis import get_redis_connection
@@ -267,3 +269,19 @@ def ephemeral_incr(*, key: str, amount: int) -> int:
 def ephemeral_get_many(*, keys: list[str]) -> dict[str, int]:
     values = client().mget([EPHEMERAL_PREFIX + key for key in keys])
     return {key: int(v or 0) for key, v in zip(keys, values, strict=True)}
+
+
+# --- apply lag samples, for the operations page ---------------------------------------------
+
+LAG_SAMPLES_KEY = "ops:apply-lag"
+
+
+def lag_record(*, lags: list[float]) -> None:
+    """Remember the oldest publish-to-commit lag of a batch (a short rolling window)."""
+    if not lags:
+        return
+    client = get_redis_connection("default")
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(LAG_SAMPLES_KEY, json.dumps([time.time(), max(lags)]))
+    pipe.ltrim(LAG_SAMPLES_KEY, 0, 999)
+    pipe.execute()

@@ -24,6 +24,8 @@ import signal
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import OperationalError
+from django_redis import get_redis_connection
 
 
 class InjectedFault(Exception):
@@ -31,8 +33,6 @@ class InjectedFault(Exception):
 
 
 def _within_budget(point: str) -> bool:
-    from django_redis import get_redis_connection
-
     client = get_redis_connection("default")
     budget_key = f"fault:budget:{point}"
     if not client.exists(budget_key):
@@ -55,9 +55,6 @@ def fault_point(
         HOOKS[point](keys=keys, **context)
         return
     if point == "transient":
-        from django.db import OperationalError
-        from django_redis import get_redis_connection
-
         if get_redis_connection("default").exists("fault:transient"):
             raise OperationalError("injected: the database is unreachable")
         return

@@ -1,36 +1,24 @@
 """Counter API (a beacon: no session, no CSRF token) and the article pages."""
 
-import json
 import logging
 
 import redis.exceptions
 from django.http import Http404, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
+from common.json_api import json_error, json_object_body
 from tasks.policy import MAYBE_TRANSIENT, is_transient
 
-from . import readers, services
+from . import readers, selectors, services
 from .keys import InvalidCounter
-from .models import Article
 
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, message: str) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
-
-
 def _amount_from_body(request) -> int:
-    if not request.body:
-        return 1
-    try:
-        payload = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidCounter(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise InvalidCounter('body must be a JSON object like {"amount": 1}')
+    payload = json_object_body(request, error=InvalidCounter)
     unexpected = set(payload) - {"amount"}
     if unexpected:
         raise InvalidCounter(f"unexpected fields: {sorted(unexpected)}")
@@ -40,12 +28,12 @@ def _amount_from_body(request) -> int:
 @csrf_exempt
 def counter_incr_view(request, key: str):
     if request.method != "POST":
-        return _error(405, "use POST")
+        return json_error(405, "use POST")
     try:
         amount = _amount_from_body(request)
         increment = services.counter_incr(key=key, amount=amount)
     except InvalidCounter as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     except services.CounterUnavailable as exc:
         if exc.counted is None:
             message = "the queue did not confirm the increment: it may or may not be counted"
@@ -60,24 +48,24 @@ def counter_incr_view(request, key: str):
 @csrf_exempt  # a wrong-method POST gets the API's JSON 405, not the HTML CSRF page
 def counter_get_view(request, key: str):
     if request.method != "GET":
-        return _error(405, "use GET")
+        return json_error(405, "use GET")
     try:
         reading = services.counter_get(key=key)
     except InvalidCounter as exc:
-        return _error(400, str(exc))
+        return json_error(400, str(exc))
     except MAYBE_TRANSIENT as exc:
         if not is_transient(exc):
             raise
         # Not in the cache, and PostgreSQL, which holds the value, is unreachable.
         logger.warning("counter %s: not cached and the database is unavailable", key)
-        return _error(503, "the counter is not cached and the database is unavailable")
+        return json_error(503, "the counter is not cached and the database is unavailable")
     return JsonResponse(
         {"key": key, "value": reading.value, "durable": reading.durable, "pending": reading.pending}
     )
 
 
 def article_list(request):
-    articles = list(Article.objects.all())
+    articles = selectors.articles_list()
     keys = [k for a in articles for k in (a.views_key, a.likes_key)]
     readings = services.counter_get_many(keys=keys) if keys else {}  # one Redis round trip
     rows = [(a, readings[a.views_key].value, readings[a.likes_key].value) for a in articles]
@@ -92,7 +80,9 @@ def _visitor_id(request) -> str:
 
 @require_http_methods(["GET"])
 def article_detail(request, slug: str):
-    article = get_object_or_404(Article, slug=slug)
+    article = selectors.article_get(slug=slug)
+    if article is None:
+        raise Http404("no such article")
     counted = True
     try:
         services.counter_incr(key=article.views_key)
@@ -117,7 +107,9 @@ def article_detail(request, slug: str):
 
 @require_POST
 def article_like(request, slug: str):
-    article = get_object_or_404(Article, slug=slug)
+    article = selectors.article_get(slug=slug)
+    if article is None:
+        raise Http404("no such article")
     liked = set(request.session.get("liked", []))
     like = request.POST.get("action", "like") == "like"
     if like == (slug in liked):

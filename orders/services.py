@@ -8,86 +8,31 @@ the commit (``transaction.on_commit``) are the cached copies written through; th
 (tasks/outbox.py): a transaction that rolls back caches and dispatches nothing, and one that
 commits dispatches them at least once, whatever the broker was doing at the commit.
 
-Every call carries an idempotency key: the first answer (status and body) is stored in the same
-transaction, and a retry with the same key and the same input gets that answer again and changes
-nothing; the same key with other input is refused (``IdempotencyConflict``). A concurrent retry
-waits on the key's unique index until the first call commits, then replays its answer.
+Every call carries an idempotency key (orders/idempotency.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
 
-from django.conf import settings
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import transaction
 
 from counters.keys import InvalidCounter
 from counters.services import counter_incr
 
 from . import cache
-from .models import Account, IdempotencyRecord, Order, OrderLine, Payment, Product
-from .selectors import account_data, order_data
+
+# Re-exported: callers catch these as services.OrderInputError and services.IdempotencyConflict.
+from .idempotency import IdempotencyConflict as IdempotencyConflict
+from .idempotency import OrderInputError, Outcome, idempotent_run
+from .models import Account, Order, OrderLine, Payment, Product
+from .serializers import account_data, order_data
 from .tasks import send_order_confirmation
 
 logger = logging.getLogger(__name__)
 
 MAX_QTY = 1000
 MAX_LINES = 50
-
-
-class OrderInputError(ValueError):
-    """Invalid input (HTTP 400): nothing was written."""
-
-
-class IdempotencyConflict(Exception):
-    """The key was used before with other input (HTTP 422)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int  # 201 created, 200 done, 409 refused (balance, stock, state)
-    body: dict
-    replayed: bool = False
-
-
-def _fingerprint(operation: str, payload: dict) -> str:
-    return hashlib.sha256(json.dumps([operation, payload], sort_keys=True).encode()).hexdigest()
-
-
-def _idempotent(
-    *, scope: str, key: str, operation: str, payload: dict, run: Callable[[], tuple[int, dict]]
-) -> Outcome:
-    if not isinstance(key, str) or not 1 <= len(key) <= 200:
-        raise OrderInputError("Idempotency-Key must be 1 to 200 characters")
-    fingerprint = _fingerprint(operation, payload)
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            # Claim the key. A concurrent call with the same key blocks here until the first
-            # one commits (then conflicts and replays below) or rolls back (then claims it).
-            cursor.execute(
-                "INSERT INTO orders_idempotencyrecord "
-                "(scope, key, fingerprint, status_code, response, created_at) "
-                "VALUES (%s, %s, %s, 0, 'null', now()) "
-                "ON CONFLICT (scope, key) DO NOTHING RETURNING id",
-                [scope, key, fingerprint],
-            )
-            claimed = cursor.fetchone()
-        if claimed is None:
-            record = IdempotencyRecord.objects.get(scope=scope, key=key)
-            if record.fingerprint != fingerprint:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was already used with a different request"
-                )
-            return Outcome(record.status_code, record.response, replayed=True)
-        status, body = run()
-        IdempotencyRecord.objects.filter(pk=claimed[0]).update(status_code=status, response=body)
-    return Outcome(status, body)
 
 
 def _account_cache_after_commit(account: Account) -> None:
@@ -174,7 +119,7 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
         )
         return 201, order_data(order)
 
-    return _idempotent(
+    return idempotent_run(
         scope=f"account:{account_id}",
         key=idempotency_key,
         operation="order_place",
@@ -235,7 +180,7 @@ def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
         _order_cache_after_commit(locked)
         return 200, order_data(locked)
 
-    return _idempotent(
+    return idempotent_run(
         scope=f"account:{order.account_id}",
         key=idempotency_key,
         operation="order_cancel",
@@ -258,17 +203,10 @@ def account_deposit(*, account_id: int, amount: int, idempotency_key: str) -> Ou
         _account_cache_after_commit(account)
         return 200, account_data(account)
 
-    return _idempotent(
+    return idempotent_run(
         scope=f"account:{account_id}",
         key=idempotency_key,
         operation="account_deposit",
         payload={"amount": amount},
         run=run,
     )
-
-
-def idempotency_prune(*, older_than_s: int | None = None) -> int:
-    age = older_than_s if older_than_s is not None else settings.IDEMPOTENCY_KEY_TTL_S
-    cutoff = timezone.now() - timedelta(seconds=age)
-    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
-    return deleted

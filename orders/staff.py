@@ -8,7 +8,7 @@ from django.db import transaction
 
 from . import cache
 from .models import Account, Product, StockChange
-from .selectors import account_data
+from .serializers import account_data
 from .services import OrderInputError
 
 PRODUCT_FIELDS = frozenset({"sku", "name", "price"})

@@ -1,5 +1,6 @@
 from celery import shared_task
 
+from .idempotency import idempotency_prune
 from .mail import order_confirmation_send
 
 
@@ -13,6 +14,4 @@ def send_order_confirmation(order_id: int) -> None:
 
 @shared_task(name="orders.prune_idempotency_keys")
 def prune_idempotency_keys() -> int:
-    from .services import idempotency_prune
-
     return idempotency_prune()

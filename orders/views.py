@@ -1,27 +1,23 @@
 """Orders and accounts: JSON API (idempotent writes, cached reads) and the shop pages."""
 
-import json
 import logging
 import uuid
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from common.json_api import json_error, json_object_body
 from tasks.policy import MAYBE_TRANSIENT, is_transient
 
 from . import selectors, services
 from .auth import CsrfFailed, NotAuthenticated, can_use_account, request_user
-from .models import Account, Order, Product
+from .models import Account, Order
 
 logger = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
 
 
 class NotYourAccount(Exception):
@@ -29,13 +25,7 @@ class NotYourAccount(Exception):
 
 
 def _json_body(request) -> dict:
-    try:
-        payload = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise services.OrderInputError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise services.OrderInputError("body must be a JSON object")
-    return payload
+    return json_object_body(request, error=services.OrderInputError)
 
 
 def _api(method: str):
@@ -45,22 +35,22 @@ def _api(method: str):
         @csrf_exempt  # checked in request_user() for session requests; tokens need none
         def wrapped(request, *args, **kwargs):
             if request.method != method:
-                return _error(405, f"use {method}")
+                return json_error(405, f"use {method}")
             try:
                 user = request_user(request)
                 return view(request, user, *args, **kwargs)
             except NotAuthenticated as exc:
-                return _error(401, str(exc))
+                return json_error(401, str(exc))
             except CsrfFailed as exc:
-                return _error(403, str(exc))
+                return json_error(403, str(exc))
             except services.OrderInputError as exc:
-                return _error(400, str(exc))
+                return json_error(400, str(exc))
             except services.IdempotencyConflict as exc:
-                return _error(422, str(exc))
+                return json_error(422, str(exc))
             except (Account.DoesNotExist, Order.DoesNotExist) as exc:
-                return _error(404, str(exc))
+                return json_error(404, str(exc))
             except NotYourAccount:
-                return _error(403, "this account is not yours")
+                return json_error(403, "this account is not yours")
             except MAYBE_TRANSIENT as exc:
                 if not is_transient(exc):
                     raise
@@ -69,7 +59,7 @@ def _api(method: str):
                 logger.warning(
                     "API %s %s: database unavailable", request.method, request.path, exc_info=True
                 )
-                return _error(
+                return json_error(
                     503, "the database is unavailable; retry with the same Idempotency-Key"
                 )
 
@@ -86,7 +76,7 @@ def _idempotency_key(request) -> str:
 
 
 def _owned_account(user, account_id) -> Account:
-    account = Account.objects.filter(pk=account_id).first() if isinstance(account_id, int) else None
+    account = selectors.account_get(account_id=account_id)
     if account is None:
         raise Account.DoesNotExist(f"no account {account_id}")
     if not can_use_account(user, account):
@@ -127,7 +117,7 @@ def order_detail(request, user, order_id: int):
 @_api("POST")
 def order_cancel(request, user, order_id: int):
     key = _idempotency_key(request)
-    order = Order.objects.filter(pk=order_id).first()
+    order = selectors.order_get(order_id=order_id)
     if order is None:
         raise Order.DoesNotExist(f"no order {order_id}")
     _owned_account(user, order.account_id)
@@ -153,20 +143,22 @@ def account_deposit(request, user, account_id: int):
     return _respond(outcome)
 
 
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 # --- pages ------------------------------------------------------------------------------------
 
 
 @login_required
 def shop(request):
-    accounts = [
-        selectors.account_get_cached(account_id=a.pk)
-        for a in Account.objects.filter(owner=request.user).order_by("pk")
-    ]
-    orders = Order.objects.filter(account__owner=request.user).order_by("-pk")[:20]
     context = {
-        "accounts": accounts,
-        "products": Product.objects.order_by("sku"),
-        "orders": orders,
+        "accounts": selectors.accounts_of(user=request.user),
+        "products": selectors.products_list(),
+        "orders": selectors.orders_of(user=request.user),
         "form_key": uuid.uuid4().hex,  # one idempotency key per rendered form: no double order
     }
     return render(request, "orders/shop.html", context)
@@ -175,7 +167,9 @@ def shop(request):
 @login_required
 @require_POST
 def shop_order(request):
-    account = get_object_or_404(Account, pk=request.POST.get("account"), owner=request.user)
+    account = selectors.account_get(account_id=_int_or_none(request.POST.get("account")))
+    if account is None or account.owner_id != request.user.pk:
+        raise Http404("no such account of yours")
     lines = [
         {"sku": sku, "qty": int(qty)}
         for sku, qty in zip(request.POST.getlist("sku"), request.POST.getlist("qty"), strict=False)
@@ -199,8 +193,8 @@ def shop_order_detail(request, order_id: int):
     order = selectors.order_get_cached(order_id=order_id)
     if order is None:
         return redirect("shop")
-    account = get_object_or_404(Account, pk=order["account"])
-    if not can_use_account(request.user, account):
+    account = selectors.account_get(account_id=order["account"])
+    if account is None or not can_use_account(request.user, account):
         return redirect("shop")
     return render(request, "orders/order.html", {"order": order, "cancel_key": uuid.uuid4().hex})
 
@@ -208,7 +202,9 @@ def shop_order_detail(request, order_id: int):
 @login_required
 @require_POST
 def shop_order_cancel(request, order_id: int):
-    order = get_object_or_404(Order, pk=order_id, account__owner=request.user)
+    order = selectors.order_get(order_id=order_id)
+    if order is None or order.account.owner_id != request.user.pk:
+        raise Http404("no such order of yours")
     outcome = services.order_cancel(
         order_id=order.pk, idempotency_key=request.POST.get("cancel_key", "")
     )

@@ -1,33 +1,6 @@
-"""Celery application, wired as in Celery's own Django example."""
+"""``celery -A project`` finds the app here; it is defined in tasks/app.py (the delivery layer,
+which every app may import)."""
 
-import os
+from tasks.app import app
 
-from celery import Celery, signals
-
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.base")
-
-# One base task class for the whole project holds the delivery policy (tasks/base.py).
-app = Celery("project", task_cls="tasks.base:DeliveryTask")
-app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
-
-
-def _install_bootsteps() -> None:
-    from tasks.bootsteps import DeclareDeadLetterQueue, install_redis_restore
-
-    app.steps["consumer"].add(DeclareDeadLetterQueue)
-    install_redis_restore(app)
-
-
-_install_bootsteps()
-
-
-@signals.task_postrun.connect
-def _drop_failed_database_connections(**kwargs) -> None:
-    """Connections outlive tasks (CELERY_DB_REUSE_MAX); one that saw a database error is checked
-    and closed if broken (PostgreSQL restarted), so the next task does not inherit the error."""
-    from django.db import connections
-
-    for conn in connections.all(initialized_only=True):
-        if conn.errors_occurred:
-            conn.close_if_unusable_or_obsolete()
+__all__ = ["app"]

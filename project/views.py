@@ -18,6 +18,7 @@ from prometheus_client import (
 
 from project.celery import app as celery_app
 from project.metrics import PendingCollector
+from project.ops import ops_status as ops_document
 
 
 def home(request):
@@ -69,9 +70,7 @@ def ops(request):
 
 @staff_member_required
 def ops_status(request):
-    from tasks.selectors import ops_status as status
-
-    return JsonResponse(status())
+    return JsonResponse(ops_document())
 
 
 def metrics(request):

@@ -25,16 +25,13 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry
 from django.conf import settings
 
-from project import metrics
-
+from .broker import broker_kind
+from .delivery import delivery_counts, message_dead_letter
 from .models import DeadLetter
 from .outbox import outbox_enqueue
-from .policy import MAYBE_TRANSIENT, TRANSIENT_ERRORS, backoff_delay, is_transient
+from .policy import TRANSIENT_ERRORS, backoff_delay, is_transient
 from .services import (
     FailedMessage,
-    dead_letter_publish_task,
-    dead_letter_record,
-    redis_delivery_counts,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,11 +40,6 @@ logger = logging.getLogger(__name__)
 # A retry routed through RabbitMQ's native delayed delivery carries its delay as 28 binary digits
 # in front of the routing key ("0.0.[...].1.0.default").
 DELAYED_ROUTING_KEY = re.compile(r"^(?:[01]\.){28}")
-
-
-def broker_kind(app) -> str:
-    scheme = app.conf.broker_url.split(":", 1)[0]
-    return "redis" if scheme.startswith("redis") else "amqp"
 
 
 def retry_countdown(*, app, attempt: int) -> float:
@@ -179,10 +171,8 @@ class DeliveryTask(DjangoTask):
             # Quorum queues count failed deliveries in a header, absent on the first delivery.
             return int(self.request.get("x-delivery-count") or 0) + 1
         try:
-            [count] = redis_delivery_counts(
-                app=self.app, messages=[(self.request.id, self.request.retries)]
-            )
-            return count
+            message = (self.request.id, self.request.retries)
+            return delivery_counts(app=self.app, messages=[message])[message]
         except Exception:  # counting must never stop a task from running
             logger.exception("could not count deliveries of %s", self.request.id)
             return 1
@@ -205,19 +195,23 @@ class DeliveryTask(DjangoTask):
             broker=self.broker_kind(),
         )
         try:
-            dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
-        except MAYBE_TRANSIENT as db_error:
-            if not is_transient(db_error):
+            message_dead_letter(
+                app=self.app,
+                message=message,
+                retries=request.retries,
+                reason=reason,
+                exception=exception,
+                trace=trace,
+            )
+        except Exception as error:
+            if not is_transient(error):
                 raise
-            # The dead-letter table is unreachable (the database is what failed). Dropping the
-            # row would make the failure invisible, so park the message and come back later.
-            logger.error("cannot record dead letter %s yet (%r); retry later", request.id, db_error)
+            # The dead-letter table or queue is unreachable (the database or broker is what
+            # failed). Dropping the message would make the failure invisible: come back later.
+            logger.error("cannot dead-letter %s yet (%r); retry later", request.id, error)
             raise self.retry(
                 countdown=settings.TASK_RETRY_BACKOFF_MAX, max_retries=request.retries + 1
-            ) from db_error
-        if message.broker == "redis":
-            self.publish_dead_letter(reason=reason, exception=exception)
-        metrics.dead_letters.labels(reason=reason).inc()
+            ) from error
         logger.error(
             "task %s[%s] dead-lettered (%s) after %d attempts: %s",
             self.name,
@@ -227,17 +221,3 @@ class DeliveryTask(DjangoTask):
             exception,
         )
         raise Reject(f"{reason}: {exception}", requeue=False)
-
-    def publish_dead_letter(self, *, reason: str, exception: str) -> None:
-        request = self.request
-        dead_letter_publish_task(
-            app=self.app,
-            task_id=request.id,
-            task_name=self.name,
-            args=list(request.args or []),
-            kwargs=dict(request.kwargs or {}),
-            retries=request.retries,
-            queue=queue_of((request.delivery_info or {}).get("routing_key") or ""),
-            reason=reason,
-            exception=exception,
-        )

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from kombu.serialization import dumps
 
-from project import metrics
+from tasks import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django_redis import get_redis_connection
 
-from project.celery import app
-
+from .app import app
 from .models import OutboxMessage, OutboxRelay
 from .outbox import CHANNEL, OutboxItem, outbox_publisher_for
 from .policy import backoff_delay
@@ -251,7 +251,5 @@ def _fault_kill_point(published: int) -> None:
     after = getattr(settings, "OUTBOX_FAULT_KILL_AFTER", 0)
     if not after or published < after:
         return
-    from django_redis import get_redis_connection
-
     if get_redis_connection("default").decr("fault:budget:relay_kill") >= 0:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 from kombu import Connection
 
+from .app import app
 from .models import DeadLetter
 from .topology import dead_letter_queue
 
@@ -168,8 +169,6 @@ def dead_letter_replay(*, dead_letter_id: int) -> DeadLetter:
     applies a delta id at most once); a letter already replayed is refused all the same, so a
     double click does not publish twice.
     """
-    from project.celery import app
-
     with transaction.atomic():
         letter = _lock_dead_letter(dead_letter_id)
         if app.conf.broker_url.startswith("redis"):

@@ -3,6 +3,8 @@ import time
 from celery import shared_task
 from django.core.cache import cache
 
+from .outbox import outbox_prune
+
 BEAT_HEARTBEAT_KEY = "ops:beat-heartbeat"
 
 
@@ -15,6 +17,4 @@ def beat_heartbeat() -> None:
 @shared_task(name="tasks.prune_outbox", ignore_result=True)
 def prune_outbox() -> int:
     """Run by beat: delete outbox rows sent more than ``OUTBOX_KEEP_SENT_S`` ago."""
-    from .outbox import outbox_prune
-
     return outbox_prune()

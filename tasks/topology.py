@@ -23,7 +23,10 @@ must never consume (and so re-run) dead letters.
 
 from kombu import Exchange, Queue
 
-WORK_QUEUES = ("counters", "orders", "default")
+COUNTERS_QUEUE = "counters"
+ORDERS_QUEUE = "orders"
+DEFAULT_QUEUE = "default"
+WORK_QUEUES = (COUNTERS_QUEUE, ORDERS_QUEUE, DEFAULT_QUEUE)
 TASK_EXCHANGE = Exchange("tasks", type="topic", durable=True)
 DEAD_LETTER_EXCHANGE = Exchange("dead_letter", type="topic", durable=True)
 DEAD_LETTER_QUEUE_NAME = "dead_letter"
@@ -63,6 +66,6 @@ def dead_letter_queue() -> Queue:
 def task_routes() -> dict:
     # Task names are explicit ("<app>.<action>"); the app prefix picks the queue.
     return {
-        "counters.*": {"queue": "counters"},
-        "orders.*": {"queue": "orders"},
+        "counters.*": {"queue": COUNTERS_QUEUE},
+        "orders.*": {"queue": ORDERS_QUEUE},
     }

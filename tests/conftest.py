@@ -13,7 +13,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 
 from project import devservers
-from tasks.selectors import rabbitmq_api
+from tasks.broker import rabbitmq_api
 
 from .helpers import declare_and_purge
 

@@ -20,20 +20,19 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from project import metrics
-from project.celery import app
-from tasks.base import broker_kind, retry_countdown
+from tasks.app import app
+from tasks.base import retry_countdown
+from tasks.broker import broker_kind
+from tasks.delivery import delivery_counts, message_dead_letter
 from tasks.inflight import inflight_forget
 from tasks.models import DeadLetter
 from tasks.policy import is_transient
 from tasks.services import (
     FailedMessage,
-    dead_letter_publish_task,
-    dead_letter_record,
-    redis_delivery_counts,
 )
 
-from .. import cache
+from .. import cache, metrics
+from ..cache import lag_record
 from ..faults import fault_point
 from ..keys import InvalidCounter, amount_validate, key_validate
 from ..models import AppliedDelta
@@ -237,10 +236,7 @@ def _count_deliveries(deltas: list[IncomingDelta]) -> None:
     if broker_kind(app) != "redis":
         return
     try:
-        # Once per distinct message: copies of one delta in the same job (a restore after a
-        # broker restart, a duplicate publish) are one delivery, not several.
-        distinct = list(dict.fromkeys((d.message_id, d.retries) for d in deltas))
-        counts = dict(zip(distinct, redis_delivery_counts(app=app, messages=distinct), strict=True))
+        counts = delivery_counts(app=app, messages=[(d.message_id, d.retries) for d in deltas])
         for delta in deltas:
             delta.deliveries = counts[(delta.message_id, delta.retries)]
     except Exception:  # counting must never stop deltas from being applied
@@ -286,8 +282,6 @@ def _apply_groups(groups: list[list[tuple[IncomingDelta, Parsed]]], outcome: Bat
 
 
 def _record_lag(deltas: list[IncomingDelta]) -> None:
-    from tasks.selectors import lag_record
-
     now = time.time()
     lags = [now - d.published_at for d in deltas if d.published_at]
     for lag in lags:
@@ -323,34 +317,25 @@ def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome
 def _dead_letter(
     delta: IncomingDelta, reason: str, exception: str, trace: str, outcome: BatchOutcome
 ) -> None:
-    kind = broker_kind(app)
-    kwargs = {"published_at": delta.published_at} if delta.published_at else {}
     message = FailedMessage(
         task_id=delta.message_id,
         task_name=APPLY_TASK,
-        queue="counters",
+        queue=COUNTERS_QUEUE,
         args=list(delta.args),
-        kwargs=kwargs,
+        kwargs={"published_at": delta.published_at} if delta.published_at else {},
         attempts=delta.retries + 1,
         deliveries=delta.deliveries,
-        broker=kind,
+        broker=broker_kind(app),
     )
     try:
-        if kind == "redis":
-            # The queue's copy first: a row recorded and then a failed publish would leave the
-            # delta both dead-lettered and retried.
-            dead_letter_publish_task(
-                app=app,
-                task_id=delta.message_id,
-                task_name=APPLY_TASK,
-                args=list(delta.args),
-                kwargs=kwargs,
-                retries=delta.retries,
-                queue="counters",
-                reason=reason,
-                exception=exception,
-            )
-        dead_letter_record(message=message, reason=reason, exception=exception, traceback=trace)
+        message_dead_letter(
+            app=app,
+            message=message,
+            retries=delta.retries,
+            reason=reason,
+            exception=exception,
+            trace=trace,
+        )
     except Exception as exc:
         # The dead-letter table or queue is unreachable (or the database is read-only): a
         # transient condition. Keep the delta alive with a backoff instead of giving it back at
@@ -366,7 +351,6 @@ def _dead_letter(
             cache.forget(key=delta.args[1], delta_ids=[str(delta.args[0])])
         except redis.exceptions.RedisError as exc:
             logger.warning("dead letter %s still pending in the cache: %r", delta.message_id, exc)
-    metrics.dead_letters.labels(reason=reason).inc()
     # Its in-flight record stays (until a replay is applied, or it is discarded): a replayed copy
     # lost by the broker is re-published from it like any other delta.
     outcome.settled.add(delta.message_id)

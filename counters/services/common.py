@@ -9,11 +9,20 @@ import uuid
 
 from django.db import connection
 
+from tasks.topology import COUNTERS_QUEUE
+
 logger = logging.getLogger(__name__)
+__all__ = [
+    "APPLY_TASK",
+    "COUNTERS_QUEUE",
+    "DURABLE",
+    "EPHEMERAL",
+    "close_connection",
+    "valid_uuids",
+]
 DURABLE = "durable"
 EPHEMERAL = "ephemeral"
 APPLY_TASK = "counters.apply_deltas"
-COUNTERS_QUEUE = "counters"
 
 
 def close_connection() -> None:

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 import redis.exceptions
 from django.conf import settings
 
-from project import metrics
-
-from .. import cache
+from .. import cache, metrics
 from ..keys import key_validate
 from ..models import Counter
 from .common import EPHEMERAL

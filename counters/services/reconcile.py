@@ -13,8 +13,8 @@ import redis.exceptions
 from django.conf import settings
 from django.db import connection
 
-from project.celery import app
-from tasks.base import broker_kind
+from tasks.app import app
+from tasks.broker import broker_kind
 from tasks.inflight import inflight_forget, inflight_older_than
 from tasks.models import DeadLetter
 

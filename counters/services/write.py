@@ -16,14 +16,13 @@ import redis.exceptions
 from django.conf import settings
 from django.db import connection
 
-from project import metrics
-from project.celery import app
-from tasks.base import broker_kind
+from tasks.app import app
+from tasks.broker import broker_kind
 from tasks.inflight import inflight_record
 from tasks.outbox import OutboxItem, outbox_enqueue
 from tasks.publisher import publisher_for
 
-from .. import cache
+from .. import cache, metrics
 from ..faults import fault_point
 from ..keys import amount_validate, key_validate
 from ..models import AppliedDelta

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "tasks",
     "counters",
     "orders",
+    "project",  # the site: its management commands (seed_demo)
 ]
 
 MIDDLEWARE = [

@@ -9,11 +9,11 @@ from urllib.parse import quote, urlparse
 import pytest
 from kombu import Connection
 
-from project import metrics
 from project.celery import app
 from project.devservers import free_port
+from tasks import metrics
+from tasks.broker import rabbitmq_api
 from tasks.publisher import GroupPublisher, PublishNotConfirmed
-from tasks.selectors import rabbitmq_api
 
 from ..helpers import declare_and_purge, publishing_to, read_queue, wait_for
 
