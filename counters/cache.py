@@ -5,11 +5,12 @@
 per such delta, a field ``d:<delta id>`` with ``<amount>@<time recorded>``. A read is
 ``durable + pending``.
 
-Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) when it cannot be:
+Why this is exact, and stays within G5 (docs/design.md: between durable + the acknowledged negative
+deltas not yet applied, and durable + the positive ones) when it cannot be:
 
 * The web process publishes a delta (broker confirm) **before** it records ``d:<id>`` here. If the
   publish fails nothing is recorded, so nothing is left counted. If the process dies between the
-  two, the delta is in the queue but not here: reads are low (never below ``durable``) until the
+  two, the delta is in the queue but not here: reads miss it (within the G5 bounds) until the
   worker applies it and ``durable`` catches up.
 * After its transaction commits, the worker runs ``apply``: each applied delta's ``d:`` field moves
   into ``durable`` atomically, so the sum does not change. A delta the web process has not recorded
@@ -31,7 +32,7 @@ Why this is exact, and stays within G5 (``durable <= read <= acknowledged``) whe
   applied, refilled, then the bump).
 * One window is left: a fill can read the row just before a batch commits whose deltas the lost
   hash was counting as pending; until that batch's ``apply`` arrives (milliseconds) the hash reads
-  low. So for ``COUNTER_FILL_GRACE_S`` after a fill, reads also ask PostgreSQL and report
+  low. So for ``FILL_GRACE_S`` after a fill, reads also ask PostgreSQL and report
   ``max(cache, durable)``: a database query per read only just after a miss, never on the hot
   path. (If the worker dies between that commit and its ``apply``, the next batch for the key, or
   ``counters reconcile``, puts the hash right.)
@@ -46,6 +47,10 @@ from dataclasses import dataclass
 from django_redis import get_redis_connection
 
 PREFIX = "cnt:"
+# After a miss refills a counter from PostgreSQL, reads of it also check PostgreSQL for this long
+# (the window explained above): far longer than a batch's commit-to-cache gap (milliseconds), and
+# nothing a user tunes.
+FILL_GRACE_S = 5.0
 VERSION_PREFIX = "cntv:"
 EPHEMERAL_PREFIX = "eph:"
 

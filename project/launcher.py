@@ -118,6 +118,18 @@ class Launcher:
         for name, url in self.servers.env.items():
             self.say(f"started embedded server {name}={url}")
         self.env.update(self.servers.env)
+        self.write_shell_env()
+
+    def write_shell_env(self) -> None:
+        """``.local/run/env.sh``: source it in another terminal, and ``manage.py`` (``api_token``,
+        ``deadletters``, ``counters``) talks to the same servers as the running system."""
+        names = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+        path = self.state / "env.sh"
+        path.write_text(
+            "# Written by `make run` for this run's servers.\n"
+            + "".join(f"export {n}='{self.env[n]}'\n" for n in names if self.env.get(n))
+        )
+        path.chmod(0o600)
 
     def manage(self, *args: str) -> None:
         subprocess.run(
@@ -196,6 +208,7 @@ class Launcher:
             f"{self.env['FLOWER_BASIC_AUTH']}"
         )
         self.say(f"health    http://{host}:{self.web_port}/healthz")
+        self.say(f"manage.py against these servers: . {self.state}/env.sh")
         self.say("Ctrl-C stops everything.")
 
     def stop(self) -> None:

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 # Heartbeats are written at most this often (the operations page and the health check read them).
 HEARTBEAT_S = 2.0
+# First backoff after a failed publish (doubling up to OUTBOX_RETRY_MAX_S): short, so a broker
+# that only blinked costs little.
+RETRY_BASE_S = 0.5
 # A relay's rows are released if it sits inside a pass this long without a statement (hung).
 IDLE_IN_TRANSACTION_S = 60
 # Longest single wait for a notification, so a stop request is seen soon.
@@ -116,7 +119,7 @@ class Relay:
                 row, exc = failed
                 delay = backoff_delay(
                     attempt=row.attempts,
-                    base=settings.OUTBOX_RETRY_BASE_S,
+                    base=RETRY_BASE_S,
                     cap=settings.OUTBOX_RETRY_MAX_S,
                 )
                 OutboxMessage.objects.filter(pk=row.pk).update(
@@ -161,7 +164,7 @@ class Relay:
         if self.failures:
             return backoff_delay(
                 attempt=self.failures - 1,
-                base=settings.OUTBOX_RETRY_BASE_S,
+                base=RETRY_BASE_S,
                 cap=settings.OUTBOX_RETRY_MAX_S,
             )
         return settings.OUTBOX_POLL_INTERVAL_S

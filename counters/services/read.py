@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import redis.exceptions
-from django.conf import settings
 
 from .. import cache, metrics
 from ..keys import key_validate
@@ -53,7 +52,7 @@ def counter_get_many(*, keys: list[str]) -> dict[str, CounterReading]:
         if missing:
             cached.update(counter_fill(keys=missing))
         # Just after a fill the hash may miss a batch committing right then (cache.py): check.
-        recent = time.time() - settings.COUNTER_FILL_GRACE_S
+        recent = time.time() - cache.FILL_GRACE_S
         fresh = [key for key, hit in cached.items() if hit.filled_at > recent]
         floors = durable_values(keys=fresh) if fresh else {}
         for key in durable_keys:

@@ -98,7 +98,7 @@ def delta_publish_from_outbox(item: OutboxItem) -> None:
 def _durable_incr(*, key: str, amount: int) -> Increment:
     delta_id = str(uuid.uuid4())
     # A hash filled after this (less a margin for clocks of other hosts) may hold the delta.
-    since = time.time() - settings.COUNTER_FILL_GRACE_S
+    since = time.time() - cache.FILL_GRACE_S
     try:
         delta_publish(delta_id=delta_id, key=key, amount=amount)
     except CounterUnavailable as exc:

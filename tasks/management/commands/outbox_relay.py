@@ -1,10 +1,9 @@
 import signal
 import socket
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks.outbox import relays_alive
+from tasks.outbox import RELAY_STALE_S, relays_alive
 from tasks.relay import Relay
 
 
@@ -22,14 +21,10 @@ class Command(BaseCommand):
         if check:
             host = socket.gethostname()
             alive = [
-                r
-                for r in relays_alive(within_s=settings.OUTBOX_RELAY_STALE_S)
-                if r.name.rsplit(":", 1)[0] == host
+                r for r in relays_alive(within_s=RELAY_STALE_S) if r.name.rsplit(":", 1)[0] == host
             ]
             if not alive:
-                raise CommandError(
-                    f"no outbox relay on {host} reported in {settings.OUTBOX_RELAY_STALE_S:.0f}s"
-                )
+                raise CommandError(f"no outbox relay on {host} reported in {RELAY_STALE_S:.0f}s")
             self.stdout.write(f"ok: {', '.join(r.name for r in alive)}")
             return
         relay = Relay()

@@ -1,0 +1,53 @@
+"""Durable hot counters (counters/)."""
+
+from .celery import CELERY_BEAT_SCHEDULE, REDIS_BROKER_VISIBILITY_TIMEOUT
+from .env import env
+
+# Every counter namespace and its data class, in one place (design: "declared in settings").
+#   durable:   write-behind; never lost once an increment returned success.
+#   ephemeral: Redis only; lossy by design (active readers).
+COUNTER_NAMESPACES = {
+    "article_views": "durable",
+    "article_likes": "durable",
+    "orders_placed": "durable",
+    "product_units_sold": "durable",
+    "active_readers": "ephemeral",
+}
+# Largest |amount| of one increment: a bound that keeps a typo (or an attack) from moving a counter
+# by billions, far above any real "likes +1" or "units sold +n".
+COUNTER_MAX_AMOUNT = env.int("COUNTER_MAX_AMOUNT", default=1_000_000)
+# The apply worker flushes a batch at this many deltas or after this long, whichever comes first.
+COUNTER_BATCH_SIZE = env.int("COUNTER_BATCH_SIZE", default=500)
+COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)
+# Longest wait for the broker to take and confirm one delta before the increment answers 503
+# (a RabbitMQ memory alarm blocks publishers instead of refusing them).
+COUNTER_PUBLISH_TIMEOUT_S = env.float("COUNTER_PUBLISH_TIMEOUT_S", default=5.0)
+# RabbitMQ: a process's concurrent increments share publisher confirms (one thread publishes them
+# all and reads the broker's acks; tasks/publisher.py). False: each request publishes on a pooled
+# connection and waits for its own confirm (the slower baseline `make bench` compares against).
+COUNTER_GROUP_COMMIT = env.bool("COUNTER_GROUP_COMMIT", default=True)
+# `counters reconcile` (scheduled every COUNTER_RECONCILE_INTERVAL_S) re-publishes a pending delta
+# not applied after this long: the Redis broker can lose a message a worker was taking when it died.
+# Longer than the visibility timeout, after which the broker itself hands unacknowledged ones back.
+COUNTER_REPUBLISH_AFTER_S = env.float(
+    "COUNTER_REPUBLISH_AFTER_S", default=2 * REDIS_BROKER_VISIBILITY_TIMEOUT
+)
+COUNTER_RECONCILE_INTERVAL_S = env.float("COUNTER_RECONCILE_INTERVAL_S", default=300.0)
+# Applied delta ids are kept this long to recognise a redelivered delta; must outlast the longest
+# redelivery window (the Redis broker's visibility timeout; a system check enforces it).
+COUNTER_LEDGER_RETENTION_S = env.int("COUNTER_LEDGER_RETENTION_S", default=7 * 24 * 3600)
+# RabbitMQ management API, used to count unacknowledged messages (drain, operations page).
+RABBITMQ_MANAGEMENT_URL = env(
+    "RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672"
+)
+# Fault injection points of the apply path, for the fault tests only (see counters/faults.py).
+COUNTER_FAULTS: dict[str, list[str]] = {}
+
+CELERY_BEAT_SCHEDULE["counters-reconcile"] = {
+    "task": "counters.reconcile",
+    "schedule": COUNTER_RECONCILE_INTERVAL_S,
+}
+CELERY_BEAT_SCHEDULE["counters-prune-ledger"] = {
+    "task": "counters.prune_ledger",
+    "schedule": 3600.0,
+}

@@ -1,0 +1,17 @@
+"""Critical data (orders/): idempotency keys and the confirmation mail."""
+
+from .celery import CELERY_BEAT_SCHEDULE
+from .env import BASE_DIR, env
+
+# Stored Idempotency-Key answers are kept this long (at least 24 h), then pruned by beat.
+IDEMPOTENCY_KEY_TTL_S = env.int("IDEMPOTENCY_KEY_TTL_S", default=48 * 3600)
+CELERY_BEAT_SCHEDULE["orders-prune-idempotency-keys"] = {
+    "task": "orders.prune_idempotency_keys",
+    "schedule": 3600.0,
+}
+# Order confirmations: files under .local/mail in development; SMTP (EMAIL_URL) in production.
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.filebased.EmailBackend")
+EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(BASE_DIR / ".local" / "mail"))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="shop@example.invalid")
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/shop/"
