@@ -92,6 +92,11 @@ class Relay:
         sent: list[int] = []
         failed = None
         with transaction.atomic():
+            with connection.cursor() as cursor:
+                # Per pass, not per session: a connection opened after a failure needs it too.
+                cursor.execute(
+                    f"SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'"
+                )
             rows = list(
                 OutboxMessage.objects.select_for_update(skip_locked=True)
                 .filter(sent_at__isnull=True, available_at__lte=timezone.now())
@@ -144,7 +149,6 @@ class Relay:
 
     def run(self, *, max_passes: int | None = None) -> None:
         """Relay until ``stopping`` (set by SIGTERM/SIGINT in the command)."""
-        self._set_session_limits()
         passes = 0
         while not self.stopping and (max_passes is None or passes < max_passes):
             passes += 1
@@ -206,16 +210,6 @@ class Relay:
             except Exception:  # noqa: S110 (being thrown away)
                 pass
         self._listener = None
-
-    def _set_session_limits(self) -> None:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'"
-                )
-        except Exception as exc:
-            logger.warning("outbox relay: session limits not set: %r", exc)
-            _drop_connection()
 
     def _heartbeat(self) -> None:
         now = time.monotonic()

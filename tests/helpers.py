@@ -102,8 +102,10 @@ def outbox_relay(
     log_dir: Path,
     env: dict[str, str] | None = None,
     redis_url: str | None = None,
+    may_exit: bool = False,
 ) -> Iterator[Worker]:
-    """A real ``manage.py outbox_relay`` subprocess (tasks/relay.py)."""
+    """A real ``manage.py outbox_relay`` subprocess (tasks/relay.py); ``may_exit``: it may be gone
+    once it has started (a fault test's relay that kills itself)."""
     argv = [sys.executable, "manage.py", "outbox_relay"]
     with _process(
         argv,
@@ -111,6 +113,7 @@ def outbox_relay(
         ready="outbox relay",
         hostname="",
         log_dir=log_dir,
+        may_exit=may_exit,
         env=_child_env(
             broker_url=broker_url, database_url=database_url, redis_url=redis_url, env=env
         ),
@@ -134,7 +137,14 @@ def _child_env(
 
 @contextlib.contextmanager
 def _process(
-    argv: list[str], *, name: str, ready: str, hostname: str, log_dir: Path, env: dict[str, str]
+    argv: list[str],
+    *,
+    name: str,
+    ready: str,
+    hostname: str,
+    log_dir: Path,
+    env: dict[str, str],
+    may_exit: bool = False,
 ) -> Iterator[Worker]:
     log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as log_file:
@@ -153,7 +163,7 @@ def _process(
             timeout=60,
             what=f"the {name} to be ready",
         )
-        if process.poll() is not None:
+        if process.poll() is not None and not (may_exit and ready in started.output()):
             raise AssertionError(f"{name} exited with {process.returncode}:\n{started.output()}")
         yield started
     finally:
