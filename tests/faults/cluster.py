@@ -2,14 +2,17 @@
 
 PostgreSQL is a copy of a migrated template data directory started on its own port; the cache
 Redis and (for the Redis broker) the broker Redis are servers of the scenario's own; RabbitMQ is
-the machine's, in a virtual host of the scenario's own. Web, counters worker and general worker
-are the commands of project/processes.py, so the suite tests what users run.
+the machine's, in a virtual host of the scenario's own. Web, counters worker, general worker and
+outbox relay are the commands of project/processes.py, so the suite tests what users run (without
+a relay, orders' follow-ups, the mail and the order counters, are never published). Mail goes to
+files of the scenario's own (Django's file backend), so the checker can count each order's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +55,7 @@ class Proc:
     ready: str
     process: subprocess.Popen | None = None
     wanted: bool = True  # the supervisor restarts a wanted process that exits
+    exits: list[int] = field(default_factory=list)  # return codes of the exits it restarted
     _offset: int = 0  # where this start's output begins in the log
 
     def exited(self) -> bool:
@@ -117,6 +122,7 @@ class Cluster:
     faults: str = ""  # COUNTER_FAULTS
     cache_extra: list[str] = field(default_factory=list)
     visibility_timeout: int = VISIBILITY_TIMEOUT_S  # REDIS_BROKER_VISIBILITY_TIMEOUT
+    relay_env: dict[str, str] = field(default_factory=dict)  # the outbox relay's own (fault hook)
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
@@ -181,8 +187,14 @@ class Cluster:
             "DATABASE_STATEMENT_TIMEOUT_MS": "5000",
             "COUNTER_PUBLISH_TIMEOUT_S": "3",
             "BROKER_SOCKET_TIMEOUT_S": "3",
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(self.mail_dir),
             "PYTHONUNBUFFERED": "1",
         }
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
 
     # --- processes --------------------------------------------------------------------------
     def start_processes(self) -> None:
@@ -195,8 +207,12 @@ class Cluster:
         web.remove("-")
         self.procs["web"] = Proc("web", web, self.root / "web.log", self.env(),
                                  "Booting worker").spawn()  # fmt: skip
-        for name in ("counters-worker", "worker"):  # all three start at once
+        for name in ("counters-worker", "worker"):  # all four start at once
             self.start_worker(name, [sys.executable, "-m", *commands[name], *quiet], wait=False)
+        relay = [sys.executable if a == "python" else a for a in commands["outbox-relay"]]
+        self.procs["outbox-relay"] = Proc("outbox-relay", relay, self.root / "outbox-relay.log",
+                                          {**self.env(), **self.relay_env},
+                                          "started").spawn()  # fmt: skip
         for proc in self.procs.values():
             proc.wait_ready()
         wait_for(lambda: self.http("GET", "/healthz", timeout=2)[0] in (200, 503), timeout=30,
@@ -211,6 +227,7 @@ class Cluster:
             for proc in list(self.procs.values()):
                 if proc.wanted and proc.exited():
                     self.restarts += 1
+                    proc.exits.append(proc.process.returncode)
                     with contextlib.suppress(Exception):
                         proc.start()
             time.sleep(0.5)
@@ -292,6 +309,33 @@ class Cluster:
 
     def db(self):
         return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+
+    def outbox_unsent(self) -> int:
+        """Outbox rows committed and not yet published (marked sent) by a relay; -1 if unknown."""
+        try:
+            with self.db() as db:
+                query = "SELECT count(*) FROM tasks_outboxmessage WHERE sent_at IS NULL"
+                return db.execute(query).fetchone()[0]
+        except Exception:
+            return -1
+
+    def wait_outbox_sent(self, *, timeout: float) -> float:
+        """Until every committed outbox row is published; seconds waited (a relay that failed
+        waits up to OUTBOX_RETRY_MAX_S between passes)."""
+        started = time.monotonic()
+        wait_for(lambda: self.outbox_unsent() == 0, timeout=timeout, interval=0.5,
+                 what="every outbox row published")  # fmt: skip
+        return round(time.monotonic() - started, 1)
+
+    def mails(self) -> Counter:
+        """Confirmation mails written by the file backend: how many per order id."""
+        sent: Counter = Counter()
+        if self.mail_dir.exists():
+            for path in self.mail_dir.iterdir():
+                text = path.read_text(errors="replace")
+                sent.update(int(n) for n in re.findall(r"^Subject: Order (\d+) placed\r?$", text,
+                                                       flags=re.MULTILINE))  # fmt: skip
+        return sent
 
     def stop(self) -> None:
         """Tear down after the verdict: nothing left to save, so no graceful shutdowns (they cost
