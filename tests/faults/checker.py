@@ -21,6 +21,10 @@ Orders (G4): every account's balance is the sum of its payments and never negati
 product's stock is its initial stock less what placed orders hold; every order has exactly its
 payments (a debit of its total, and a refund if cancelled); every ok order exists; every order
 in the database is the answer of exactly one Idempotency-Key; every unknown order was resolved.
+Order follow-ups (the transactional outbox): every outbox row is published; every order has
+exactly one confirmation mail (none missing, none double) and its sent-marker; ``orders_placed:all``
+equals the number of orders and each product's ``product_units_sold:<id>`` its quantity sold, each
+equal to its ledger sum.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class Expect:
     dead_key: str | None = None  # poison: the dead letters are exactly this key's ok deltas
     answer_bound_s: float | None = None  # every increment answers ok or failed within this
     apply_within_s: float | None = None  # every ok delta applied this soon after its answer
+    mails: Counter | None = None  # confirmation mails written, per order id
 
 
 def read_history(*paths: Path) -> list[dict]:
@@ -125,6 +130,8 @@ def check(*, verdict: Verdict, history: list[dict], db, expect: Expect) -> Verdi
         )
     retries = [e for e in history if e["op"] == "order_retry"]
     _check_orders(verdict, orders, retries, db, expect.initial_stock)
+    if expect.mails is not None:
+        _check_followups(verdict, db, expect.mails)
     return verdict
 
 
@@ -261,19 +268,22 @@ def _check_readback(verdict: Verdict, totals: dict, db, web_url: str, cache_url:
         cache.close()
 
 
-def _check_orders(verdict: Verdict, orders: list[dict], retries: list[dict], db,
-                  initial_stock: dict[str, int]) -> None:  # fmt: skip
+def _check_orders(
+    verdict: Verdict, orders: list[dict], retries: list[dict], db, initial_stock: dict[str, int]
+) -> None:
     for account_id, balance, paid in db.execute(
         "SELECT a.id, a.balance, COALESCE(SUM(p.amount), 0) FROM orders_account a "
         "LEFT JOIN orders_payment p ON p.account_id = a.id GROUP BY a.id, a.balance"
     ).fetchall():
         if balance != paid or balance < 0:
             verdict.problems.append(f"account {account_id}: balance {balance}, payments {paid}")
-    held = dict(db.execute(
-        "SELECT pr.sku, COALESCE(SUM(l.qty) FILTER (WHERE o.status = 'placed'), 0) "
-        "FROM orders_product pr LEFT JOIN orders_orderline l ON l.product_id = pr.id "
-        "LEFT JOIN orders_order o ON o.id = l.order_id GROUP BY pr.sku"
-    ).fetchall())  # fmt: skip
+    held = dict(
+        db.execute(
+            "SELECT pr.sku, COALESCE(SUM(l.qty) FILTER (WHERE o.status = 'placed'), 0) "
+            "FROM orders_product pr LEFT JOIN orders_orderline l ON l.product_id = pr.id "
+            "LEFT JOIN orders_order o ON o.id = l.order_id GROUP BY pr.sku"
+        ).fetchall()
+    )
     for sku, stock in db.execute("SELECT sku, stock FROM orders_product").fetchall():
         if stock != initial_stock.get(sku, stock) - held.get(sku, 0) or stock < 0:
             verdict.problems.append(f"product {sku}: stock {stock}, orders hold {held.get(sku)}")
@@ -308,3 +318,56 @@ def _check_orders(verdict: Verdict, orders: list[dict], retries: list[dict], db,
     if unresolved:
         verdict.problems.append(f"{len(unresolved)} orders still unknown after retrying")
     verdict.notes.append(f"{len(in_db)} orders")
+
+
+def _check_followups(verdict: Verdict, db, mails: Counter) -> None:
+    """Each order's follow-ups, published by the outbox relay: exactly one mail, and the order
+    counters equal to what the orders table holds (the load never cancels)."""
+    orders = {order_id for (order_id,) in db.execute("SELECT id FROM orders_order").fetchall()}
+    unsent = db.execute(
+        "SELECT count(*) FROM tasks_outboxmessage WHERE sent_at IS NULL"
+    ).fetchone()[0]
+    if unsent:
+        verdict.problems.append(f"{unsent} outbox rows never published")
+    missing = sorted(o for o in orders if mails[o] == 0)
+    double = sorted((o, mails[o]) for o in orders if mails[o] > 1)
+    stray = sorted(o for o in mails if o not in orders)
+    _problem(verdict, missing, "orders without a confirmation mail")
+    _problem(verdict, double, "orders with more than one confirmation mail (order, mails)")
+    _problem(verdict, stray, "mails for orders that do not exist")
+    verdict.lost += len(missing)
+    verdict.doubled += sum(n - 1 for _, n in double)
+    markers = {o for (o,) in db.execute("SELECT order_id FROM orders_orderconfirmation")}
+    if markers != orders:
+        verdict.problems.append(
+            f"sent-markers vs orders: {len(orders - markers)} orders unmarked, "
+            f"{len(markers - orders)} markers without an order"
+        )
+    values = dict(
+        db.execute(
+            "SELECT key, value FROM counters_counter "
+            "WHERE key = 'orders_placed:all' OR key LIKE 'product_units_sold:%'"
+        ).fetchall()
+    )
+    ledger = dict(
+        db.execute(
+            "SELECT key, sum(amount) FROM counters_applieddelta "
+            "WHERE key = 'orders_placed:all' OR key LIKE 'product_units_sold:%' GROUP BY key"
+        ).fetchall()
+    )
+    expected = {"orders_placed:all": len(orders)}
+    for product_id, qty in db.execute(
+        "SELECT product_id, sum(qty) FROM orders_orderline GROUP BY product_id"
+    ).fetchall():
+        expected[f"product_units_sold:{product_id}"] = qty
+    for key in sorted(set(expected) | set(values)):
+        value, want, in_ledger = values.get(key, 0), expected.get(key, 0), ledger.get(key, 0)
+        if value != want or value != in_ledger:
+            verdict.problems.append(
+                f"{key}: durable {value}, ledger sum {in_ledger}, expected {want} (from the orders)"
+            )
+            verdict.doubled += max(0, value - want)
+    verdict.notes.append(
+        f"follow-ups: {len(orders)} orders, {sum(mails.values())} mails, "
+        + ", ".join(f"{k} {values.get(k, 0)}" for k in sorted(expected))
+    )

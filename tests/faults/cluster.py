@@ -2,14 +2,17 @@
 
 PostgreSQL is a copy of a migrated template data directory started on its own port; the cache
 Redis and (for the Redis broker) the broker Redis are servers of the scenario's own; RabbitMQ is
-the machine's, in a virtual host of the scenario's own. Web, counters worker and general worker
-are the commands of project/processes.py, so the suite tests what users run.
+the machine's, in a virtual host of the scenario's own. Web, counters worker, general worker and
+outbox relay are the commands of project/processes.py, so the suite tests what users run (without
+a relay, orders' follow-ups, the mail and the order counters, are never published). Mail goes to
+files of the scenario's own (Django's file backend), so the checker can count each order's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import psycopg
 
 from project import devservers
 from project.processes import process_commands
-from tasks.selectors import rabbitmq_api
+from tasks.broker import rabbitmq_api
 from tasks.topology import WORK_QUEUES
 
 from ..helpers import BASE_DIR, wait_for
@@ -51,6 +55,7 @@ class Proc:
     ready: str
     process: subprocess.Popen | None = None
     wanted: bool = True  # the supervisor restarts a wanted process that exits
+    exits: list[int] = field(default_factory=list)  # return codes of the exits it restarted
     _offset: int = 0  # where this start's output begins in the log
 
     def exited(self) -> bool:
@@ -63,16 +68,21 @@ class Proc:
         self._offset = len(self.output())
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                self.argv, cwd=BASE_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                self.argv,
+                cwd=BASE_DIR,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         return self
 
     def wait_ready(self) -> Proc:
         wait_for(
             lambda: self.process.poll() is not None or self.ready in self.output()[self._offset :],
-            timeout=90, what=f"{self.name} to be ready",
-        )  # fmt: skip
+            timeout=90,
+            what=f"{self.name} to be ready",
+        )
         if self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited:\n{self.output()[-3000:]}")
         return self
@@ -117,6 +127,7 @@ class Cluster:
     faults: str = ""  # COUNTER_FAULTS
     cache_extra: list[str] = field(default_factory=list)
     visibility_timeout: int = VISIBILITY_TIMEOUT_S  # REDIS_BROKER_VISIBILITY_TIMEOUT
+    relay_env: dict[str, str] = field(default_factory=dict)  # the outbox relay's own (fault hook)
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
@@ -140,8 +151,11 @@ class Cluster:
             self.vhost = f"faults-{uuid.uuid4().hex[:8]}"
             user = urllib.parse.urlparse(self.amqp_base).username or "guest"
             rabbitmq_api(f"vhosts/{self.vhost}", method="PUT")
-            rabbitmq_api(f"permissions/{self.vhost}/{user}", method="PUT",
-                         body={"configure": ".*", "write": ".*", "read": ".*"})  # fmt: skip
+            rabbitmq_api(
+                f"permissions/{self.vhost}/{user}",
+                method="PUT",
+                body={"configure": ".*", "write": ".*", "read": ".*"},
+            )
             self.broker_url = (
                 urllib.parse.urlparse(self.amqp_base)._replace(path=f"/{self.vhost}").geturl()
             )
@@ -157,8 +171,9 @@ class Cluster:
         )
 
     def start_postgres(self) -> None:
-        self.servers["postgres"] = devservers.start_postgres(root=self.root / "pg",
-                                                             port=self.pg_port)  # fmt: skip
+        self.servers["postgres"] = devservers.start_postgres(
+            root=self.root / "pg", port=self.pg_port
+        )
 
     @property
     def database_url(self) -> str:
@@ -181,26 +196,45 @@ class Cluster:
             "DATABASE_STATEMENT_TIMEOUT_MS": "5000",
             "COUNTER_PUBLISH_TIMEOUT_S": "3",
             "BROKER_SOCKET_TIMEOUT_S": "3",
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(self.mail_dir),
             "PYTHONUNBUFFERED": "1",
         }
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
 
     # --- processes --------------------------------------------------------------------------
     def start_processes(self) -> None:
         self.web_port = devservers.free_port()
-        commands = process_commands(bind_host="127.0.0.1", web_port=self.web_port,
-                                    flower_port=0, state_dir=str(self.root))  # fmt: skip
+        commands = process_commands(
+            bind_host="127.0.0.1", web_port=self.web_port, flower_port=0, state_dir=str(self.root)
+        )
         quiet = ["--without-gossip", "--without-mingle"]
         web = [sys.executable, "-m", *commands["web"], "--timeout", "20"]
         web.remove("--access-logfile")
         web.remove("-")
-        self.procs["web"] = Proc("web", web, self.root / "web.log", self.env(),
-                                 "Booting worker").spawn()  # fmt: skip
-        for name in ("counters-worker", "worker"):  # all three start at once
+        self.procs["web"] = Proc(
+            "web", web, self.root / "web.log", self.env(), "Booting worker"
+        ).spawn()
+        for name in ("counters-worker", "worker"):  # all four start at once
             self.start_worker(name, [sys.executable, "-m", *commands[name], *quiet], wait=False)
+        relay = [sys.executable if a == "python" else a for a in commands["outbox-relay"]]
+        self.procs["outbox-relay"] = Proc(
+            "outbox-relay",
+            relay,
+            self.root / "outbox-relay.log",
+            {**self.env(), **self.relay_env},
+            "started",
+        ).spawn()
         for proc in self.procs.values():
             proc.wait_ready()
-        wait_for(lambda: self.http("GET", "/healthz", timeout=2)[0] in (200, 503), timeout=30,
-                 what="the web process to answer")  # fmt: skip
+        wait_for(
+            lambda: self.http("GET", "/healthz", timeout=2)[0] in (200, 503),
+            timeout=30,
+            what="the web process to answer",
+        )
         self._supervising = True
         threading.Thread(target=self._supervise, daemon=True).start()
 
@@ -211,24 +245,34 @@ class Cluster:
             for proc in list(self.procs.values()):
                 if proc.wanted and proc.exited():
                     self.restarts += 1
+                    proc.exits.append(proc.process.returncode)
                     with contextlib.suppress(Exception):
                         proc.start()
             time.sleep(0.5)
 
-    def start_worker(self, name: str, argv: list[str] | None = None, *, as_name: str = "",
-                     wait: bool = True) -> Proc:  # fmt: skip
+    def start_worker(
+        self, name: str, argv: list[str] | None = None, *, as_name: str = "", wait: bool = True
+    ) -> Proc:
         argv = argv or self.procs[name].argv
         hostname = f"{as_name or name}-{uuid.uuid4().hex[:4]}@%h"
         argv = [a for a in argv]
         if "--hostname" in argv:
             argv[argv.index("--hostname") + 1] = hostname
-        proc = Proc(as_name or name, argv, self.root / f"{as_name or name}.log", self.env(),
-                    " ready.")  # fmt: skip
+        proc = Proc(
+            as_name or name, argv, self.root / f"{as_name or name}.log", self.env(), " ready."
+        )
         self.procs[as_name or name] = proc.start() if wait else proc.spawn()
         return proc
 
-    def http(self, method: str, path: str, body: dict | None = None, *, timeout: float = 5,
-             headers: dict | None = None) -> tuple[int, dict]:  # fmt: skip
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        *,
+        timeout: float = 5,
+        headers: dict | None = None,
+    ) -> tuple[int, dict]:
         url = f"http://127.0.0.1:{self.web_port}{path}"
         return http_json(method, url, body, headers=headers, timeout=timeout)
 
@@ -245,9 +289,13 @@ class Cluster:
 
     def manage(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env(),
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            [sys.executable, "manage.py", *args],
+            cwd=BASE_DIR,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def pending(self) -> int:
         """Messages not yet done in the work queues: ready, held by a worker (unacknowledged,
@@ -256,10 +304,20 @@ class Cluster:
             with contextlib.closing(self.broker_client()) as client:
                 return sum(client.llen(q) for q in WORK_QUEUES) + client.hlen("unacked")
         done = subprocess.run(
-            ["rabbitmqctl", "list_queues", "--quiet", "--no-table-headers", "-p", self.vhost,
-             "name", "messages"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                "rabbitmqctl",
+                "list_queues",
+                "--quiet",
+                "--no-table-headers",
+                "-p",
+                self.vhost,
+                "name",
+                "messages",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         counts = dict(line.split("\t", 1) for line in done.stdout.splitlines() if "\t" in line)
         if done.returncode != 0 or "counters" not in counts:
             raise RuntimeError(f"cannot count messages: {done.stderr.strip()[:200]}")
@@ -292,6 +350,41 @@ class Cluster:
 
     def db(self):
         return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+
+    def outbox_unsent(self) -> int:
+        """Outbox rows committed and not yet published (marked sent) by a relay; -1 if unknown."""
+        try:
+            with self.db() as db:
+                query = "SELECT count(*) FROM tasks_outboxmessage WHERE sent_at IS NULL"
+                return db.execute(query).fetchone()[0]
+        except Exception:
+            return -1
+
+    def wait_outbox_sent(self, *, timeout: float) -> float:
+        """Until every committed outbox row is published; seconds waited (a relay that failed
+        waits up to OUTBOX_RETRY_MAX_S between passes)."""
+        started = time.monotonic()
+        wait_for(
+            lambda: self.outbox_unsent() == 0,
+            timeout=timeout,
+            interval=0.5,
+            what="every outbox row published",
+        )
+        return round(time.monotonic() - started, 1)
+
+    def mails(self) -> Counter:
+        """Confirmation mails written by the file backend: how many per order id."""
+        sent: Counter = Counter()
+        if self.mail_dir.exists():
+            for path in self.mail_dir.iterdir():
+                text = path.read_text(errors="replace")
+                sent.update(
+                    int(n)
+                    for n in re.findall(
+                        r"^Subject: Order (\d+) placed\r?$", text, flags=re.MULTILINE
+                    )
+                )
+        return sent
 
     def stop(self) -> None:
         """Tear down after the verdict: nothing left to save, so no graceful shutdowns (they cost

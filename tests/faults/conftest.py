@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from project import devservers
-from tasks.selectors import rabbitmq_api
+from tasks.broker import rabbitmq_api
 
 from ..conftest import _amqp_base_url, _reachable
 from ..helpers import BASE_DIR
@@ -51,14 +51,25 @@ def template(tmp_path_factory) -> dict:
     }
     try:
         for argv in (["migrate", "-v0"], ["shell", "-c", SEED]):
-            done = subprocess.run([sys.executable, "manage.py", *argv], cwd=BASE_DIR, env=env,
-                                  capture_output=True, text=True, timeout=180)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "manage.py", *argv],
+                cwd=BASE_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             assert done.returncode == 0, done.stderr
         account = int(done.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
-    return {"root": root, "account": account, "token": TOKEN, "skus": sorted(PRODUCTS),
-            "stock": dict.fromkeys(PRODUCTS, INITIAL_STOCK)}  # fmt: skip
+    return {
+        "root": root,
+        "account": account,
+        "token": TOKEN,
+        "skus": sorted(PRODUCTS),
+        "stock": dict.fromkeys(PRODUCTS, INITIAL_STOCK),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +80,11 @@ def amqp_base() -> str:
     try:
         rabbitmq_api("overview")
     except OSError as exc:
-        pytest.fail(f"RabbitMQ's management API is not reachable ({exc}): the suite makes a "
-                    "virtual host per scenario through it; `rabbitmq-plugins enable "
-                    "rabbitmq_management`")  # fmt: skip
+        pytest.fail(
+            f"RabbitMQ's management API is not reachable ({exc}): the suite makes a "
+            "virtual host per scenario through it; `rabbitmq-plugins enable "
+            "rabbitmq_management`"
+        )
     return url
 
 
@@ -80,8 +93,22 @@ def record_result():
     return _results.append
 
 
-COLUMNS = ["scenario", "broker", "ok", "failed", "unknown", "applied", "dead_lettered", "lost",
-           "doubled", "republished", "restarts", "drain_s", "max_answer_s", "passed"]  # fmt: skip
+COLUMNS = [
+    "scenario",
+    "broker",
+    "ok",
+    "failed",
+    "unknown",
+    "applied",
+    "dead_lettered",
+    "lost",
+    "doubled",
+    "republished",
+    "restarts",
+    "drain_s",
+    "max_answer_s",
+    "passed",
+]
 
 
 def table(rows: list[dict]) -> str:

@@ -1,14 +1,18 @@
 """The load process of a fault scenario: ``python -m tests.faults.load CONFIG``.
 
 Sends increments over HTTP and through the Python API, places orders over HTTP, and reads the
-counters, until the stop file appears. Every operation is logged as one JSON line with its start
-(``t0``) and end (``t``) time and its outcome, as a Jepsen client would: ``ok`` (success),
-``failed`` (a clear answer that nothing happened: a 503 ``"counted": false``, a 4xx, a refused
-connection) or ``unknown`` (it may or may not have happened: a timeout, a lost connection, a 503
-``"counted": null``). Anything else (a 500, a 502, a 503 without its verdict, an exception the
-API should not let out) is logged as ``unknown`` with the cause ``unexpected``, which fails the
-run. Orders whose outcome is unknown are retried with the same Idempotency-Key at the end, until
-each has a definite answer.
+counters, until the stop file appears. With ``tx_keys`` it also increments inside database
+transactions (``with transaction.atomic(): counter_incr(...)``: outbox rows the relay publishes),
+logged as ``via: "tx"``; with ``hold_file`` the orders and those increments wait for that file
+(a scenario starts them when its fault is on).
+
+Every operation is logged as one JSON line with its start (``t0``) and end (``t``) time and its
+outcome, as a Jepsen client would: ``ok`` (success), ``failed`` (a clear answer that nothing
+happened: a 503 ``"counted": false``, a 4xx, a refused connection) or ``unknown`` (it may or may
+not have happened: a timeout, a lost connection, a 503 ``"counted": null``). Anything else (a 500,
+a 502, a 503 without its verdict, an exception the API should not let out) is logged as ``unknown``
+with the cause ``unexpected``, which fails the run. Orders whose outcome is unknown are retried
+with the same Idempotency-Key at the end, until each has a definite answer.
 
 Every read is logged with its start and end time, its answer and the floor known at its start:
 the largest durable value observed in PostgreSQL so far (a thread of its own polls it, with client
@@ -53,15 +57,18 @@ def no_answer_cause(exc: BaseException) -> str:
     return "other"
 
 
-def http_json(method: str, url: str, body: dict | None = None, *, headers: dict | None = None,
-              timeout: float) -> tuple[int, dict]:  # fmt: skip
+def http_json(
+    method: str, url: str, body: dict | None = None, *, headers: dict | None = None, timeout: float
+) -> tuple[int, dict]:
     """One JSON request: (status, decoded body); status 0 and ``{"exception", "cause"}`` when no
     answer came."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
-        url, data=data, method=method,
+        url,
+        data=data,
+        method=method,
         headers={"Content-Type": "application/json", **(headers or {})},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -132,8 +139,15 @@ class Load:
     def running(self) -> bool:
         return not self.stop_file.exists()
 
-    def http(self, method: str, path: str, body: dict | None = None,
-             headers: dict | None = None) -> tuple[int, dict]:  # fmt: skip
+    def held(self) -> None:
+        """Wait for the hold file, if the scenario has one (or for the stop)."""
+        hold = self.config.get("hold_file")
+        while hold and self.running() and not Path(hold).exists():
+            time.sleep(0.05)
+
+    def http(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> tuple[int, dict]:
         return http_json(method, self.base + path, body, headers=headers, timeout=HTTP_TIMEOUT_S)
 
     # --- increments -------------------------------------------------------------------------
@@ -174,19 +188,49 @@ class Load:
             self.record(op="incr", via="api", key=key, amount=amount, **entry)
             time.sleep(self.config["pause"])
 
+    def tx_increments(self, seed: int) -> None:
+        """Increments inside a transaction: ok once the block has committed (the delta is an
+        outbox row of it); an exception at the commit leaves it unknown."""
+        from django.db import connection, transaction
+
+        from counters import services
+
+        rng = random.Random(seed)
+        self.held()
+        while self.running():
+            key, amount = rng.choice(self.config["tx_keys"]), rng.randint(1, 3)
+            t0, entry = time.time(), {"delta_id": None}
+            try:
+                with transaction.atomic():
+                    increment = services.counter_incr(key=key, amount=amount)
+                    entry["delta_id"] = increment.delta_id
+                entry.update(outcome="ok", cause="")
+            except Exception as exc:  # PostgreSQL down: the commit may or may not have happened
+                outcome = "failed" if entry["delta_id"] is None else "unknown"
+                entry.update(outcome=outcome, cause="database", detail=repr(exc)[:300])
+                connection.close()
+            t = time.time()
+            entry.update(t0=t0, t=t, dur=round(t - t0, 3))
+            self.record(op="incr", via="tx", key=key, amount=amount, **entry)
+            time.sleep(self.config["pause"] * 5)
+
     # --- orders -----------------------------------------------------------------------------
     def place(self, order_key: str, sku: str, qty: int) -> tuple[str, str, int, dict]:
         status, body = self.http(
-            "POST", "/api/orders", {"account": self.config["account"],
-                                    "lines": [{"sku": sku, "qty": qty}]},
-            headers={"Authorization": f"Bearer {self.config['token']}",
-                     "Idempotency-Key": order_key},
-        )  # fmt: skip
+            "POST",
+            "/api/orders",
+            {"account": self.config["account"], "lines": [{"sku": sku, "qty": qty}]},
+            headers={
+                "Authorization": f"Bearer {self.config['token']}",
+                "Idempotency-Key": order_key,
+            },
+        )
         return (*order_outcome(status, body), status, body)
 
     def orders(self, seed: int) -> None:
         rng = random.Random(seed)
         unknown: list[tuple[str, str, int]] = []
+        self.held()
         while self.running():
             order_key, sku = uuid.uuid4().hex, rng.choice(self.config["skus"])
             qty = rng.randint(1, 2)
@@ -265,6 +309,8 @@ class Load:
             threading.Thread(target=self.orders, args=(4,)),
             threading.Thread(target=self.reader),
         ]
+        if self.config.get("tx_keys"):
+            workers.append(threading.Thread(target=self.tx_increments, args=(5,)))
         for thread in workers:
             thread.start()
         for thread in workers:

@@ -22,6 +22,7 @@ from ..helpers import wait_for
 from .checker import Verdict, read_history
 
 if TYPE_CHECKING:
+    from .cluster import Proc
     from .test_scenarios import Run
 
 PG_DOWN_S = 60  # the issue's figure: longer than any retry countdown, so deltas wait and retry
@@ -30,6 +31,14 @@ PG_READ_ONLY_S = 30
 BROKER_FROZEN_S = 30
 PRODUCTION_VISIBILITY_TIMEOUT_S = 3600  # REDIS_BROKER_VISIBILITY_TIMEOUT's default
 RABBITMQ_STATS_INTERVAL_S = 5  # collect_statistics_interval: the management API's counts age
+# "broker down at commit": the broker stays down at least this long, and until this many orders
+# and in-transaction increments have committed; the relay (which published nothing before: the
+# load's orders and those increments start with the outage) is SIGKILLed at its RELAY_KILL_AFTER-th
+# publish, inside its first pass over the backlog, between a publish and marking the rows sent.
+BROKER_DOWN_MIN_S = 8
+DOWN_ORDERS = 10
+DOWN_TX_INCREMENTS = 50
+RELAY_KILL_AFTER = 20
 
 
 # --- proofs -----------------------------------------------------------------------------------
@@ -195,8 +204,11 @@ def memory_alarm(run: Run) -> None:
     if run.cluster.broker == "amqp":
         out = subprocess.run(
             ["rabbitmqctl", "-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
         previous = out if out.replace(".", "", 1).isdigit() else "0.4"
         rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
         try:
@@ -313,3 +325,126 @@ def publish_twice(run: Run) -> None:
 def web_kill_after_publish(run: Run) -> None:
     budget_spent(run, "kill_after_publish")
     run.prove_sigkills(3, "web worker processes", logs="web.log")
+
+
+def _broker_refuses(run: Run) -> bool:
+    if run.cluster.broker == "amqp":
+        return not run.answers("amqp")
+    with contextlib.closing(run.cluster.broker_client(timeout=1)) as client:
+        try:
+            client.ping()
+            return False
+        except redis.exceptions.ConnectionError:
+            return True
+
+
+def _committed_during(run: Run, since: float, until: float | None = None) -> tuple[list, list]:
+    """(ok orders, ok in-transaction increments) that started after ``since`` (and answered
+    before ``until``)."""
+    history = read_history(run.history_path)
+    during = [e for e in history if e.get("t0", 0) >= since and (until is None or e["t"] <= until)]
+    orders = [e for e in during if e["op"] == "order" and e["outcome"] == "ok"]
+    tx = [e for e in during if e["op"] == "incr" and e["via"] == "tx" and e["outcome"] == "ok"]
+    return orders, tx
+
+
+def _relay_starts(relay: Proc) -> int:
+    return relay.output().count(" started")
+
+
+def broker_down_at_commit(run: Run) -> None:
+    """The broker is down while orders and in-transaction increments commit (outbox rows); the
+    relay keeps failing to publish; the broker comes back and the relay, publishing the backlog,
+    is SIGKILLed once (the supervisor restarts it; the new one publishes the killed pass's rows
+    again, under the same message ids)."""
+    cluster = run.cluster
+    relay = cluster.procs["outbox-relay"]
+    with cluster.db() as db:
+        before = db.execute("SELECT count(*) FROM tasks_outboxmessage").fetchone()[0]
+    if before:
+        run.verdict.problems.append(
+            f"{before} outbox rows before the outage: the relay's kill "
+            "would not land in the backlog"
+        )
+    cluster.cache_client().set("fault:budget:relay_kill", 1)
+    if cluster.broker == "amqp":
+        rabbitmqctl("stop_app")
+    else:
+        identity = server_identity(cluster.broker_client())
+        cluster.servers["broker"].stop()  # SIGTERM: a clean stop (its AOF is fsynced anyway)
+    try:
+        run.prove(_broker_refuses(run), f"the {cluster.broker} broker refused connections")
+        down_at, relay_offset = time.time(), len(relay.output())
+        run.hold_file.touch()  # the load's orders and in-transaction increments start now
+
+        def enough() -> bool:
+            orders, tx = _committed_during(run, down_at)
+            failed = "not published" in relay.output()[relay_offset:]
+            return (
+                failed
+                and len(orders) >= DOWN_ORDERS
+                and len(tx) >= DOWN_TX_INCREMENTS
+                and time.time() - down_at >= BROKER_DOWN_MIN_S
+            )
+
+        what = f"{DOWN_ORDERS} orders and {DOWN_TX_INCREMENTS} tx increments with the broker down"
+        wait_for(enough, timeout=120, interval=0.25, what=what)
+        up_at = time.time()
+        failures = relay.output()[relay_offset:].count("not published")
+        run.prove(failures > 0, f"the relay failed {failures} publishes while the broker was down")
+    finally:
+        if cluster.broker == "amqp":
+            rabbitmqctl("start_app")
+            rabbitmqctl("await_startup")
+        else:
+            cluster.start_broker_redis()
+    if cluster.broker == "amqp":
+        run.prove(run.answers("amqp"), "RabbitMQ accepts connections again")
+    else:
+        after = server_identity(cluster.broker_client())
+        restarted = after[0] != identity[0] and after[1] != identity[1]
+        run.prove(restarted, f"broker Redis stopped and started: pid, run id {identity} -> {after}")
+    # The relay's next pass (after its backoff, OUTBOX_RETRY_MAX_S at most) publishes the backlog
+    # and dies at its RELAY_KILL_AFTER-th publish; the supervisor starts it again.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: relay.exits and _relay_starts(relay) >= 2, timeout=60, interval=0.25)
+    budget = int(cluster.cache_client().get("fault:budget:relay_kill") or 0)
+    run.prove(
+        relay.exits == [-signal.SIGKILL] and budget <= 0,
+        f"the outbox relay SIGKILLed at its {RELAY_KILL_AFTER}th publish of the backlog "
+        f"(exits {relay.exits}; fault:budget:relay_kill {budget}, spent)",
+    )
+    run.prove(_relay_starts(relay) == 2, f"the relay started again ({_relay_starts(relay)} starts)")
+    run.prove_redelivered("the rows of the killed relay's pass, published again")
+
+    def committed_while_down(verdict: Verdict) -> None:
+        orders, tx = _committed_during(run, down_at, up_at)
+        mails = cluster.mails()
+        once = sum(1 for e in orders if mails[e["order_id"]] == 1)
+        with cluster.db() as db:
+            in_ledger = {
+                delta_id
+                for (delta_id,) in db.execute(
+                    "SELECT delta_id::text FROM counters_applieddelta WHERE delta_id::text = "
+                    "ANY(%s) AND amount <> 0",
+                    [[e["delta_id"] for e in tx]],
+                ).fetchall()
+            }
+        counted = sum(1 for e in tx if e["delta_id"] in in_ledger)
+        verdict.notes.append(
+            f"committed with the broker down ({up_at - down_at:.1f} s): {len(orders)} orders, "
+            f"{once} of them with exactly one mail; {len(tx)} in-transaction increments, "
+            f"{counted} of them in the ledger"
+        )
+        if len(orders) < DOWN_ORDERS or len(tx) < DOWN_TX_INCREMENTS:
+            verdict.problems.append(
+                f"the fault did not bite: {len(orders)} orders and {len(tx)} tx increments "
+                f"committed with the broker down, expected {DOWN_ORDERS} and {DOWN_TX_INCREMENTS}"
+            )
+        if once != len(orders) or counted != len(tx):
+            verdict.problems.append(
+                f"of what committed with the broker down, {len(orders) - once} orders without "
+                f"exactly one mail, {len(tx) - counted} increments not counted"
+            )
+
+    run.checks.append(committed_while_down)

@@ -15,10 +15,11 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from tasks.selectors import rabbitmq_api
+from tasks.broker import rabbitmq_api
 
 from ..helpers import BASE_DIR, wait_for
 from . import scenarios as sc
@@ -28,6 +29,9 @@ from .load import incr_outcome
 
 WARM_OPS = 30  # ok increments logged before the fault is injected (half by HTTP, half by API)
 DRAIN_TIMEOUT_S = 240
+# Every committed outbox row published after the load stopped: a relay that failed waits up to
+# OUTBOX_RETRY_MAX_S (10 s) between passes, and PostgreSQL may just be back.
+OUTBOX_TIMEOUT_S = 120
 POOL_SIGKILL = r"exited with 'signal 9 \(SIGKILL\)'"  # billiard, of a pool process
 WEB_SIGKILL = r"was sent SIGKILL"  # gunicorn, of a worker
 
@@ -42,6 +46,12 @@ class Run:
     log: object
     verdict: Verdict
     checks: list[Callable[[Verdict], None]] = field(default_factory=list)
+    tx_keys: list[str] = field(default_factory=list)  # the load's in-transaction increments
+    hold_file: Path | None = None  # the load's orders and tx increments start when it exists
+
+    @property
+    def history_path(self) -> Path:
+        return self.cluster.root / "ops.jsonl"
 
     def incr(self, key: str, amount: int = 1) -> None:
         """An increment sent by the harness itself, logged like the load's."""
@@ -125,37 +135,78 @@ class Scenario:
     visibility_timeout: int | None = None  # the Redis broker's, if not the suite's short one
     answer_bound: bool = False  # every increment answers ok/failed within the documented bound
     apply_within_s: float | None = None  # every ok delta applied (and the drain done) this soon
+    relay_kill_after: int | None = None  # OUTBOX_FAULT_KILL_AFTER of the outbox relay
+    # The load also increments inside transactions, and its orders and those increments start
+    # only when the fault function creates the hold file.
+    outbox_load: bool = False
 
 
 SCENARIOS = [
-    Scenario("worker child SIGKILL before commit", sc.child_kill_before_commit,
-             "kill_before_commit={key}", ("kill_before_commit", 3)),
-    Scenario("worker killed after commit, before ack", sc.kill_after_commit,
-             "kill_after_commit={key}", ("kill_after_commit", 3)),
+    Scenario(
+        "worker child SIGKILL before commit",
+        sc.child_kill_before_commit,
+        "kill_before_commit={key}",
+        ("kill_before_commit", 3),
+    ),
+    Scenario(
+        "worker killed after commit, before ack",
+        sc.kill_after_commit,
+        "kill_after_commit={key}",
+        ("kill_after_commit", 3),
+    ),
     Scenario("worker main process SIGKILL", sc.worker_main_kill),
     Scenario("cache FLUSHALL", sc.cache_flushall),
     Scenario("cache restarted empty", sc.cache_restart_empty),
-    Scenario("cache evicting (maxmemory 2mb)", sc.cache_eviction,
-             cache_extra=("--maxmemory", "2mb", "--maxmemory-samples", "3")),
+    Scenario(
+        "cache evicting (maxmemory 2mb)",
+        sc.cache_eviction,
+        cache_extra=("--maxmemory", "2mb", "--maxmemory-samples", "3"),
+    ),
     Scenario("broker restart", sc.broker_restart),
     Scenario("broker memory alarm", sc.memory_alarm),
     Scenario(f"PostgreSQL stopped {sc.PG_DOWN_S} s", sc.postgres_down),
     Scenario(f"PostgreSQL hung (SIGSTOP {sc.PG_HUNG_S} s)", sc.postgres_hung),
     Scenario("poison delta that raises", sc.poison_raise, "raise={special}", poison=True),
-    Scenario("poison delta that kills its worker", sc.poison_kill, "kill_before_commit={special}",
-             poison=True),
+    Scenario(
+        "poison delta that kills its worker",
+        sc.poison_kill,
+        "kill_before_commit={special}",
+        poison=True,
+    ),
     Scenario("same delta published twice", sc.publish_twice, "publish_twice={key}"),
-    Scenario("web killed between publish and cache update", sc.web_kill_after_publish,
-             "kill_after_publish={key}", ("kill_after_publish", 3)),
+    Scenario(
+        "web killed between publish and cache update",
+        sc.web_kill_after_publish,
+        "kill_after_publish={key}",
+        ("kill_after_publish", 3),
+    ),
     Scenario(f"PostgreSQL read-only {sc.PG_READ_ONLY_S} s", sc.postgres_read_only),
-    Scenario(f"broker Redis frozen {sc.BROKER_FROZEN_S} s", sc.broker_frozen, brokers=("redis",),
-             answer_bound=True),
+    Scenario(
+        f"broker Redis frozen {sc.BROKER_FROZEN_S} s",
+        sc.broker_frozen,
+        brokers=("redis",),
+        answer_bound=True,
+    ),
     # The cache is flushed as the worker dies: recovery (on Redis, of a delta the broker lost
     # between its BRPOP and its unacked record too) must not come from the cache.
     Scenario("worker main process SIGKILL + cache FLUSHALL", sc.worker_kill_cache_flush),
-    Scenario("broker restart, production timeouts", sc.broker_restart_holding,
-             visibility_timeout=sc.PRODUCTION_VISIBILITY_TIMEOUT_S, apply_within_s=60),
-]  # fmt: skip
+    Scenario(
+        "broker restart, production timeouts",
+        sc.broker_restart_holding,
+        visibility_timeout=sc.PRODUCTION_VISIBILITY_TIMEOUT_S,
+        apply_within_s=60,
+    ),
+    # Orders and in-transaction increments commit while the broker is down (outbox rows); the
+    # relay publishes the backlog when it is back and is SIGKILLed once in the middle of it.
+    Scenario(
+        "broker down at commit",
+        sc.broker_down_at_commit,
+        visibility_timeout=sc.PRODUCTION_VISIBILITY_TIMEOUT_S,
+        apply_within_s=60,
+        relay_kill_after=sc.RELAY_KILL_AFTER,
+        outbox_load=True,
+    ),
+]
 
 # Which scenario runs on which broker: every one on both, except "broker Redis frozen" (Redis
 # broker only: RabbitMQ's memory alarm is its blocked-broker case).
@@ -197,12 +248,19 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
     keys = [f"article_views:fault-{run_id}-{i}" for i in range(3)]
     special = f"article_likes:fault-{run_id}-special"
     cluster = Cluster(
-        root=tmp_path, broker=broker, template=template["root"], amqp_base=amqp_base,
+        root=tmp_path,
+        broker=broker,
+        template=template["root"],
+        amqp_base=amqp_base,
         faults=scenario.faults.format(key=keys[0], special=special),
         cache_extra=list(scenario.cache_extra),
-    )  # fmt: skip
+    )
     if scenario.visibility_timeout:
         cluster.visibility_timeout = scenario.visibility_timeout
+    if scenario.relay_kill_after:
+        cluster.relay_env["OUTBOX_FAULT_KILL_AFTER"] = str(scenario.relay_kill_after)
+    tx_keys = [f"article_views:fault-{run_id}-tx-{i}" for i in range(2)]
+    hold_file = tmp_path / "hold"
     verdict = Verdict(scenario=scenario.name, broker=broker)
     load = None
     try:
@@ -213,21 +271,31 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         cluster.start_processes()
         ops_log, stop_file = tmp_path / "ops.jsonl", tmp_path / "stop"
         config = {
-            "web": f"http://127.0.0.1:{cluster.web_port}", "keys": keys, "log": str(ops_log),
-            "stop_file": str(stop_file), "pause": 0.02, "account": template["account"],
-            "token": template["token"], "skus": template["skus"],
+            "web": f"http://127.0.0.1:{cluster.web_port}",
+            "keys": keys,
+            "log": str(ops_log),
+            "stop_file": str(stop_file),
+            "pause": 0.02,
+            "account": template["account"],
+            "token": template["token"],
+            "skus": template["skus"],
             "database_url": cluster.database_url,
-        }  # fmt: skip
+        }
+        if scenario.outbox_load:
+            config.update(tx_keys=tx_keys, hold_file=str(hold_file))
         (tmp_path / "load.json").write_text(json.dumps(config))
         with open(tmp_path / "load.log", "wb") as out:
             argv = [sys.executable, "-m", "tests.faults.load", str(tmp_path / "load.json")]
             # The fault points are the servers' (web, workers), not the client's.
             env = {**cluster.env(), "COUNTER_FAULTS": ""}
-            load = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
+            load = subprocess.Popen(
+                argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
         wait_ok_increments(ops_log, WARM_OPS // 2)
         with open(tmp_path / "harness.jsonl", "a") as harness_log:
             run = Run(cluster, keys, special, harness_log, verdict)
+            if scenario.outbox_load:
+                run.tx_keys, run.hold_file = tx_keys, hold_file
             scenario.fault(run)
         fault_over = time.time()
         # The system works again: ok increments by both ways, then a few more seconds of load.
@@ -235,6 +303,13 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         time.sleep(max(0.0, fault_over + RECOVERY_GRACE_S + 1.5 - time.time()))
         stop_file.touch()
         load.wait(180)
+        try:  # what the transactions committed, into the queues (the relay)
+            verdict.drain_s += cluster.wait_outbox_sent(timeout=OUTBOX_TIMEOUT_S)
+        except AssertionError:
+            verdict.problems.append(
+                f"outbox not published after {OUTBOX_TIMEOUT_S} s: "
+                f"{cluster.outbox_unsent()} rows unsent"
+            )
         drain(cluster, verdict, timeout=90 if scenario.apply_within_s else DRAIN_TIMEOUT_S)
         # What operations run on a schedule (beat): reconcile the cache and re-publish pending
         # deltas that are neither applied nor dead-lettered (a message the broker lost).
@@ -256,6 +331,7 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         expect.dead_key = special if scenario.poison else None
         expect.answer_bound_s = answer_bound_s(cluster.env()) if scenario.answer_bound else None
         expect.apply_within_s = scenario.apply_within_s
+        expect.mails = cluster.mails()
         with cluster.db() as db:
             check(verdict=verdict, history=history, db=db, expect=expect)
     except Exception as exc:
