@@ -4,10 +4,15 @@ from django.core.management.base import BaseCommand, CommandError
 
 from counters import selectors, services
 from counters.keys import InvalidCounter
+from tasks.app import app
+from tasks.broker import broker_kind
 
 # RabbitMQ's management API refreshes its figures every 5 s: "nothing pending" must be seen for
-# longer than that before it is believed.
-SETTLE_S = 6.0
+# longer than that before it is believed. The Redis broker's counts are read from the lists and
+# kombu's unacked hash directly; only a message between kombu's BRPOP and its unacked record is
+# invisible, for a moment, so a zero seen twice a little apart is believed.
+SETTLE_S = {"amqp": 6.0, "redis": 0.5}
+POLL_S = {"amqp": 1.0, "redis": 0.2}
 
 
 class Command(BaseCommand):
@@ -48,25 +53,29 @@ class Command(BaseCommand):
         )
 
     def do_drain(self, *, timeout: float, **options) -> None:
+        kind = broker_kind(app)
         start = time.monotonic()
         zero_since = None
+        reported = -1  # a progress line a second
         while True:
             pending = selectors.pending_messages_count()
             elapsed = time.monotonic() - start
-            self.stdout.write(
-                f"drain: {pending} delta messages pending, {selectors.applied_count()} applied "
-                f"in the ledger, {elapsed:.0f}s"
-            )
+            if int(elapsed) > reported:
+                reported = int(elapsed)
+                self.stdout.write(
+                    f"drain: {pending} delta messages pending, {selectors.applied_count()} "
+                    f"applied in the ledger, {elapsed:.0f}s"
+                )
             if pending == 0:
                 zero_since = zero_since or time.monotonic()
-                if time.monotonic() - zero_since >= SETTLE_S:
+                if time.monotonic() - zero_since >= SETTLE_S[kind]:
                     self.stdout.write("drained.")
                     return
             else:
                 zero_since = None
             if elapsed > timeout:
                 raise CommandError(f"not drained after {timeout:.0f}s: {pending} still pending")
-            time.sleep(1.0)
+            time.sleep(POLL_S[kind])
 
     def do_reconcile(self, *, republish_after: float | None = None, **options) -> None:
         if republish_after is not None and republish_after < 0:
