@@ -5,8 +5,9 @@
 Here the task is written to ``tasks_outboxmessage`` in the SAME transaction as the data it
 follows, so it exists exactly when that data does; the relay (tasks/relay.py, its own process)
 publishes it after the commit, with the broker's confirmation, and keeps trying while the broker
-is down. A ``NOTIFY`` in the transaction wakes the relays at the commit (PostgreSQL delivers it
-only then, and never for a rollback), so the normal commit-to-publish delay is milliseconds.
+is down. A ``NOTIFY``, sent by a trigger on the table in the inserting transaction, wakes the
+relays at the commit (PostgreSQL delivers it only then, and never for a rollback), so the
+normal commit-to-publish delay is milliseconds.
 
 Delivery is at least once: a relay killed between a publish and marking the row sent publishes it
 again, with the same message id. What the outbox carries must therefore be idempotent (a counter
@@ -25,12 +26,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, router, transaction
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from .models import OutboxMessage, OutboxRelay
 
+# The trigger of migration tasks/0003 notifies this channel.
 CHANNEL = "tasks_outbox"
 # A relay that has not reported (every 2 s) for this long is not alive: the operations page and the
 # health check. Well above a pass that waits out a confirm timeout.
@@ -76,21 +77,17 @@ def outbox_enqueue(
     """
     message_id = message_id or str(uuid.uuid4())
     now = timezone.now()
-    using = router.db_for_write(OutboxMessage)
-    # No savepoint: inside the caller's transaction the row stands or falls with it.
-    with transaction.atomic(using=using, savepoint=False):
-        OutboxMessage.objects.using(using).create(
-            message_id=message_id,
-            task_name=task_name,
-            queue=queue,
-            args=list(args or []),
-            kwargs=dict(kwargs or {}),
-            created_at=now,
-            available_at=now,
-        )
-        with connection.cursor() as cursor:
-            # Delivered at the commit, once per transaction however many rows it wrote.
-            cursor.execute(f"NOTIFY {CHANNEL}")
+    # One INSERT: it stands or falls with the caller's transaction, and its trigger's NOTIFY
+    # (migration tasks/0003) is delivered at that transaction's commit.
+    OutboxMessage.objects.create(
+        message_id=message_id,
+        task_name=task_name,
+        queue=queue,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        created_at=now,
+        available_at=now,
+    )
     return message_id
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from counters.models import AppliedDelta, Counter
 from counters.services import counter_incr
 from tasks.models import OutboxMessage
-from tasks.outbox import outbox_prune, outbox_stats
+from tasks.outbox import CHANNEL, outbox_prune, outbox_stats
 from tests.worker_tasks import record
 
 from ..helpers import BASE_DIR, celery_worker, counters_worker, outbox_relay, settle, wait_for
@@ -93,6 +93,32 @@ def test_two_relays_publish_every_committed_task_exactly_once(
     done = _done(cache_redis, marker)
     assert sorted(done) == sorted(ids)  # each once: a row published twice would run twice
     assert OutboxMessage.objects.filter(attempts__gt=0).count() == 0
+
+
+def test_a_commit_wakes_an_idle_relay_at_once(broker_url, database_url, worker_log_dir):
+    """With polls an hour apart, only the NOTIFY of the commit (a trigger on the table) can get
+    the row published: the normal commit-to-publish path never waits for a poll."""
+    hourly = {"OUTBOX_POLL_INTERVAL_S": "3600"}
+    with outbox_relay(
+        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir, env=hourly
+    ):
+        # Idle and listening: its first pass is over (nothing to do) and it waits on LISTEN.
+        wait_for(_relay_listening, what="the relay to LISTEN")
+        with transaction.atomic():
+            message_id = record.delay_on_commit(uuid.uuid4().hex)
+        wait_for(lambda: _unsent() == 0, what="the row published without a poll")
+    assert OutboxMessage.objects.get(message_id=message_id).attempts == 0
+
+
+def _relay_listening() -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
+            [f"LISTEN {CHANNEL}"],
+        )
+        return cursor.fetchone()[0] > 0
 
 
 def test_rows_committed_while_the_broker_is_unreachable_wait_then_are_published(
