@@ -16,9 +16,12 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(BIN)/python -m project.launcher
 
+## Test processes for `make test` (pytest-xdist); each has its own databases, vhost and workers.
+TEST_PROCESSES ?= 2
+
 ## The whole test suite, on real servers (embedded ones for unset *_URL variables).
 test: $(STAMP)
-	$(BIN)/python -m project.devservers exec -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m project.devservers exec -- $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 ## The fault-injection suite: each scenario on both brokers, then the results table
 ## (tests/faults/results/latest.md).

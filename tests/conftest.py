@@ -13,11 +13,18 @@ from django.conf import settings
 from django_redis import get_redis_connection
 
 from project import devservers
+from project.settings.test import per_test_process
 from tasks.broker import rabbitmq_api
 
 from .helpers import declare_and_purge
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+# Celery reads CELERY_BROKER_URL from the environment before its setting, and worker subprocesses
+# inherit the environment: both must name this test process's own Redis database (xdist).
+for _name in ("REDIS_URL", "CELERY_BROKER_URL", "TEST_REDIS_BROKER_URL"):
+    if os.environ.get(_name):
+        os.environ[_name] = per_test_process(os.environ[_name])
 
 # The fault suite (minutes of injected faults) runs on its own: `make test-faults`.
 collect_ignore = [] if os.environ.get("FAULT_SUITE") == "1" else ["faults"]
@@ -86,9 +93,20 @@ def redis_broker_url(tmp_path_factory):
 @pytest.fixture(params=["amqp", "redis"])
 def broker_url(request) -> str:
     """Each broker-dependent test runs on every broker; with CI=true a missing one fails."""
-    url = request.getfixturevalue("amqp_url" if request.param == "amqp" else "redis_broker_url")
+    yield from _broker_under_test(request, request.param)
+
+
+@pytest.fixture
+def one_broker_url(request) -> str:
+    """For tests whose outcome does not depend on the broker (the pages, Flower's login): the
+    Redis broker `make run` starts. Delivery and the pipeline are tested on both brokers."""
+    yield from _broker_under_test(request, "redis")
+
+
+def _broker_under_test(request, kind: str):
+    url = request.getfixturevalue("amqp_url" if kind == "amqp" else "redis_broker_url")
     if not _reachable(url):
-        message = f"{request.param} broker not reachable at {url}"
+        message = f"{kind} broker not reachable at {url}"
         if os.environ.get("CI") == "true":
             pytest.fail(message + " (CI=true requires both brokers)")
         pytest.skip(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 from kombu import Connection
 
+from tasks.broker import rabbitmq_api
 from tasks.topology import WORK_QUEUES, dead_letter_queue, task_queues
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -51,7 +53,14 @@ class Worker:
 
         return [child.pid for child in psutil.Process(self.process.pid).children()]
 
-    def stop(self) -> None:
+    def stop(self, *, warm: bool = False) -> None:
+        """``warm``: SIGTERM to the main process only, Celery's warm shutdown (the pool finishes
+        its tasks and their acknowledgements are sent); the default also stops the children at
+        once, as a container's stop does."""
+        if warm and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(30)
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -119,6 +128,40 @@ def outbox_relay(
         ),
     ) as relay:
         yield relay
+
+
+FLOWER_CREDENTIALS = ("fl", "secret-pw")
+
+
+@contextlib.contextmanager
+def flower_server(*, broker_url: str) -> Iterator[str]:
+    """A real Flower (project/flowerconfig.py, basic auth ``FLOWER_CREDENTIALS``) on the broker;
+    yields its base URL."""
+    from project.devservers import free_port, wait_for_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": broker_url,
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_CREDENTIALS),
+        "DJANGO_SETTINGS_MODULE": "project.settings.test",
+    }
+    argv = [sys.executable, "-m", "celery", "-A", "project", "flower"]
+    argv += ["--conf=project/flowerconfig.py", "--address=127.0.0.1", f"--port={port}"]
+    process = subprocess.Popen(
+        argv,
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, process, "flower", BASE_DIR)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
 
 
 def _child_env(
@@ -199,43 +242,42 @@ def queue_depth(broker_url: str, queue_name: str) -> int:
 def unacked_count(broker_url: str, queue_name: str) -> int:
     """Messages delivered to a consumer and not yet acknowledged or rejected.
 
-    Redis: kombu's ``unacked`` hash (all queues). RabbitMQ: AMQP cannot tell, so ask the local
-    node with ``rabbitmqctl`` (the tests' RabbitMQ runs on this machine).
+    Redis: kombu's ``unacked`` hash (all queues), exact. RabbitMQ: AMQP cannot tell, so ask the
+    management API (tasks/broker.py), whose quorum-queue figures lag by about 5 s.
     """
     if broker_url.startswith("redis"):
         with Connection(broker_url) as conn:
             return conn.channel().client.hlen("unacked")
     vhost = urllib.parse.unquote(urllib.parse.urlparse(broker_url).path[1:]) or "/"
-    out = subprocess.run(
-        [
-            "rabbitmqctl",
-            "list_queues",
-            "--quiet",
-            "--no-table-headers",
-            "-p",
-            vhost,
-            "name",
-            "messages_unacknowledged",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    for line in out.splitlines():
-        name, _, count = line.partition("\t")
-        if name == queue_name:
-            return int(count)
-    return 0
+    path = f"queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue_name)}"
+    return int(rabbitmq_api(path).get("messages_unacknowledged") or 0)
 
 
-def settle(broker_url: str, queue_name: str = "default") -> None:
-    """Wait until the worker has acknowledged or rejected everything it was given, so stopping
-    it does not hand a finished message back to the queue."""
-    wait_for(
-        lambda: unacked_count(broker_url, queue_name) == 0,
-        what=f"every message of {queue_name} to be acknowledged",
-    )
+def held_after_stop(worker: Worker, broker_url: str, queue_name: str) -> int:
+    """Stop the worker once the broker holds nothing more of ``queue_name`` for it, and return
+    what it still holds then; exact on both brokers, with no statistics lag. Redis: the queue and
+    kombu's ``unacked`` hash, waited on before the stop. RabbitMQ cannot count unacknowledged
+    messages over AMQP, so the worker stops warm first (it finishes and acknowledges what it
+    runs); with its consumer gone every unacknowledged message is back among the ready ones,
+    which a passive declare counts live."""
+    if broker_url.startswith("redis"):
+        wait_for(
+            lambda: (
+                queue_depth(broker_url, queue_name) + unacked_count(broker_url, queue_name) == 0
+            ),
+            what=f"every message of {queue_name} acknowledged",
+        )
+    worker.stop(warm=True)
+    held = queue_depth(broker_url, queue_name)
+    if broker_url.startswith("redis"):
+        held += unacked_count(broker_url, queue_name)
+    return held
+
+
+def committed_deltas(worker: Worker) -> int:
+    """Delta messages the counters worker has put through a committed transaction (applied, or
+    found in the ledger already), from its "batch committed: N deltas" log lines."""
+    return sum(int(n) for n in re.findall(r"batch committed: (\d+) deltas", worker.output()))
 
 
 def read_queue(broker_url: str, queue_name: str) -> list:

@@ -1,5 +1,7 @@
 """Test settings: the same real servers, faster password hashing, small retry delays."""
 
+from urllib.parse import urlsplit
+
 from .base import *  # noqa: F403
 from .base import env
 
@@ -23,3 +25,18 @@ COUNTER_FAULTS = {
 COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=50)
 # The fault suite's relay SIGKILLs itself after this many publishes (tasks/relay.py); 0: never.
 OUTBOX_FAULT_KILL_AFTER = env.int("OUTBOX_FAULT_KILL_AFTER", default=0)
+
+
+def per_test_process(url: str) -> str:
+    """Under pytest-xdist each test process (gw0, gw1, ...) uses its own Redis database on the
+    same servers, so one process's FLUSHDB or queue purge never touches another's. The test
+    process and the workers it starts derive the same database from the inherited variable."""
+    worker = env.str("PYTEST_XDIST_WORKER", default="")
+    if not worker.startswith("gw") or not url.startswith("redis"):
+        return url
+    return urlsplit(url)._replace(path=f"/{int(worker[2:]) + 1}").geturl()
+
+
+REDIS_URL = per_test_process(REDIS_URL)
+CACHES["default"]["LOCATION"] = REDIS_URL
+CELERY_BROKER_URL = per_test_process(CELERY_BROKER_URL)

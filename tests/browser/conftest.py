@@ -61,8 +61,10 @@ def page(browser, request):
 
 
 @pytest.fixture
-def system(broker_url, database_url, cache_redis, worker_log_dir, live_server):
-    """The live site plus a counters worker and a general worker on the broker under test."""
+def system(one_broker_url, database_url, cache_redis, worker_log_dir, live_server):
+    """The live site plus a counters worker and a general worker. The pages work the same on
+    either broker (the pipeline and delivery tests run on both), so these run once."""
+    broker_url = one_broker_url
     with (
         publishing_to(broker_url),
         counters_worker(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),

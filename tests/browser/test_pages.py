@@ -1,8 +1,4 @@
-import os
 import re
-import signal
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -13,11 +9,10 @@ from counters import services as counter_services
 from counters.models import Article, Counter
 from orders.models import Account, Product
 from orders.services import account_deposit
-from project.devservers import free_port, wait_for_port
 from tasks.models import DeadLetter
 from tasks.services import FailedMessage, dead_letter_record
 
-from ..helpers import BASE_DIR, wait_for
+from ..helpers import flower_server, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,38 +105,9 @@ def test_ops_page_numbers_move(page, system):
 
 
 @pytest.fixture
-def flower(broker_url):
-    port = free_port()
-    env = {
-        **os.environ,
-        "CELERY_BROKER_URL": broker_url,
-        "FLOWER_BASIC_AUTH": "fl:secret-pw",
-        "DJANGO_SETTINGS_MODULE": "project.settings.test",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "project",
-            "flower",
-            "--conf=project/flowerconfig.py",
-            "--address=127.0.0.1",
-            f"--port={port}",
-        ],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port(port, process, "flower", BASE_DIR)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(20)
+def flower(one_broker_url):
+    with flower_server(broker_url=one_broker_url) as url:
+        yield url
 
 
 def refused(browser, url: str, **context) -> bool:

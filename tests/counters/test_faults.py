@@ -10,7 +10,7 @@ from counters import services
 from counters.models import AppliedDelta, Counter
 from tasks.models import DeadLetter
 
-from ..helpers import counters_worker, read_queue, wait_for
+from ..helpers import counters_worker, held_after_stop, read_queue, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -18,10 +18,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def durable(key: str) -> int:
     row = Counter.objects.filter(key=key).first()
     return row.value if row else 0
-
-
-def drain(timeout: float = 120) -> None:
-    call_command("counters", "drain", "--timeout", str(timeout))
 
 
 def test_poison_delta_that_raises_is_dead_lettered_others_applied_then_replayed_once(
@@ -33,14 +29,15 @@ def test_poison_delta_that_raises_is_dead_lettered_others_applied_then_replayed_
         database_url=database_url,
         log_dir=worker_log_dir,
         env={"COUNTER_FAULTS": f"raise={poison_key}"},
-    ):
+    ) as running:
         for _ in range(5):
             services.counter_incr(key=innocent)
         services.counter_incr(key=poison_key, amount=3)
         for _ in range(5):
             services.counter_incr(key=innocent)
         letter = wait_for(lambda: DeadLetter.objects.first(), what="the dead letter")
-        drain()
+        wait_for(lambda: durable(innocent) == 10, what="the innocent deltas applied")
+        assert held_after_stop(running, broker, "counters") == 0
     assert letter.reason == DeadLetter.Reason.PERMANENT_ERROR
     assert "InjectedFault" in letter.exception and "Traceback" in letter.traceback
     assert letter.task_name == "counters.apply_deltas" and letter.args[1:] == [poison_key, 3]
@@ -50,15 +47,16 @@ def test_poison_delta_that_raises_is_dead_lettered_others_applied_then_replayed_
     assert services.counter_get(key=poison_key).value == 0
 
     # The cause is fixed (no fault any more): replay once, then again.
-    with counters_worker(broker_url=broker, database_url=database_url, log_dir=worker_log_dir):
+    with counters_worker(
+        broker_url=broker, database_url=database_url, log_dir=worker_log_dir
+    ) as running:
         call_command("deadletters", "replay", str(letter.pk))
-        drain()
-        assert durable(poison_key) == 3
+        wait_for(lambda: durable(poison_key) == 3, what="the replayed delta applied")
         from django.core.management.base import CommandError
 
         with pytest.raises(CommandError, match="already replayed"):
             call_command("deadletters", "replay", str(letter.pk))
-        drain()
+        assert held_after_stop(running, broker, "counters") == 0
     assert durable(poison_key) == 3
     assert AppliedDelta.objects.filter(key=poison_key).count() == 1
     letter.refresh_from_db()
@@ -89,7 +87,8 @@ def test_database_errors_re_publish_the_batch_with_backoff_and_lose_nothing(
         )
         assert durable(key) == 0
         cache_redis.delete("fault:transient")  # the database is back
-        drain()
+        wait_for(lambda: durable(key) == 12, timeout=60, what="the re-published deltas applied")
+        assert held_after_stop(running, broker, "counters") == 0
     assert durable(key) == 12
     assert AppliedDelta.objects.filter(key=key).count() == 6
     assert not DeadLetter.objects.exists()
@@ -122,22 +121,22 @@ def test_a_delta_that_killed_its_worker_is_replayed_once_after_the_fix(
         database_url=database_url,
         log_dir=worker_log_dir,
         env={"COUNTER_FAULTS": f"kill_before_commit={poison_key}", **limits},
-    ):
+    ) as running:
         services.counter_incr(key=poison_key, amount=4)
         letter = wait_for(lambda: DeadLetter.objects.first(), timeout=120, what="the dead letter")
-        drain()
+        assert held_after_stop(running, broker, "counters") == 0
     assert letter.reason == DeadLetter.Reason.DELIVERY_LIMIT
     assert durable(poison_key) == 0
 
     with counters_worker(
         broker_url=broker, database_url=database_url, log_dir=worker_log_dir, env=limits
-    ):
+    ) as running:
         if replay == "cli":
             call_command("deadletters", "replay", str(letter.pk))
         else:
             replay_from_admin(letter)
         wait_for(lambda: durable(poison_key) == 4, timeout=60, what="the replayed delta")
-        drain()
+        assert held_after_stop(running, broker, "counters") == 0
     assert durable(poison_key) == 4
     assert AppliedDelta.objects.filter(key=poison_key).count() == 1
     letter.refresh_from_db()

@@ -157,7 +157,7 @@ def test_the_stale_fill_race_serves_fresh_data(account, product, cache_redis):
     """A reader misses and reads the old row; a writer commits and writes through; then the
     reader's fill arrives. It must not replace the newer version."""
     order_id = place(account).body["id"]
-    cache_redis.flushall()
+    cache_redis.flushdb()  # not FLUSHALL: other test processes use other databases
 
     def writer_commits_between_read_and_fill():
         services.order_cancel(order_id=order_id, idempotency_key="race")
@@ -173,7 +173,7 @@ def test_the_stale_fill_race_serves_fresh_data(account, product, cache_redis):
 
 def test_a_hot_miss_sends_one_reader_to_postgresql(account, product, cache_redis):
     order_id = place(account).body["id"]
-    cache_redis.flushall()
+    cache_redis.flushdb()  # not FLUSHALL: other test processes use other databases
     loads = []
     original = selectors._load_order
 

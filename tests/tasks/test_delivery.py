@@ -10,7 +10,7 @@ import pytest
 from project.celery import app as celery_app
 from tasks.models import DeadLetter
 
-from ..helpers import celery_worker, queue_depth, read_queue, settle, wait_for
+from ..helpers import celery_worker, held_after_stop, queue_depth, read_queue, wait_for
 
 RETRY_ENV = {
     "TASK_RETRY_BACKOFF_BASE": "1.0",
@@ -43,10 +43,10 @@ def test_transient_error_retries_with_growing_delays_then_dead_letters(
     marker = uuid.uuid4().hex
     with celery_worker(
         broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir, env=RETRY_ENV
-    ):
+    ) as worker:
         task_id = send(broker_url, "tests.always_transient", marker)
         row = wait_for(lambda: dead_letter(task_id), timeout=60, what="the DeadLetter row")
-        settle(broker_url)
+        assert held_after_stop(worker, broker_url, "default") == 0
 
     assert row.reason == DeadLetter.Reason.RETRIES_EXHAUSTED
     assert row.attempts == 4  # the first run and 3 retries
@@ -78,14 +78,14 @@ def test_permanent_error_dead_letters_at_once_without_retrying(
     marker = uuid.uuid4().hex
     with celery_worker(
         broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir, env=RETRY_ENV
-    ):
+    ) as worker:
         task_id = send(broker_url, "tests.always_permanent", marker)
         row = wait_for(lambda: dead_letter(task_id), what="the DeadLetter row")
         # A task sent after it on the same single-process worker has run: the worker is past it.
         sentinel = uuid.uuid4().hex
         send(broker_url, "tests.record", sentinel)
         wait_for(lambda: cache_redis.llen(f"test:done:{sentinel}"), what="the sentinel task")
-        settle(broker_url)
+        assert held_after_stop(worker, broker_url, "default") == 0
 
     assert row.reason == DeadLetter.Reason.PERMANENT_ERROR
     assert row.attempts == 1
@@ -128,7 +128,9 @@ def test_worker_child_killed_mid_task_redelivers_and_runs_again(
     broker_url, database_url, cache_redis, worker_log_dir
 ):
     marker = uuid.uuid4().hex
-    with celery_worker(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir):
+    with celery_worker(
+        broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir
+    ) as worker:
         task_id = send(broker_url, "tests.block_until_released", marker)
         started = f"test:started:{marker}"
         first_pid = int(wait_for(lambda: cache_redis.lindex(started, 0), what="the first run"))
@@ -137,7 +139,7 @@ def test_worker_child_killed_mid_task_redelivers_and_runs_again(
         second_pid = int(wait_for(lambda: cache_redis.lindex(started, 1), what="a redelivery"))
         cache_redis.set(f"test:release:{marker}", 1)
         wait_for(lambda: cache_redis.llen(f"test:done:{marker}"), what="the task to finish")
-        settle(broker_url)
+        assert held_after_stop(worker, broker_url, "default") == 0
 
     assert second_pid != first_pid
     assert cache_redis.llen(started) == 2
@@ -154,14 +156,14 @@ def test_message_that_kills_its_worker_every_time_is_dead_lettered_after_the_del
     marker = uuid.uuid4().hex
     with celery_worker(
         broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir, env=RETRY_ENV
-    ):
+    ) as worker:
         task_id = send(broker_url, "tests.kill_own_process", marker)
         row = wait_for(lambda: dead_letter(task_id), timeout=90, what="the DeadLetter row")
         # The worker survives the poison message and still does work.
         sentinel = uuid.uuid4().hex
         send(broker_url, "tests.record", sentinel)
         wait_for(lambda: cache_redis.llen(f"test:done:{sentinel}"), what="an innocent task")
-        settle(broker_url)
+        assert held_after_stop(worker, broker_url, "default") == 0
 
     assert row.reason == DeadLetter.Reason.DELIVERY_LIMIT
     assert row.deliveries == 4  # TASK_MAX_DELIVERIES=3 deliveries killed a process

@@ -19,7 +19,14 @@ from tasks.models import OutboxMessage
 from tasks.outbox import CHANNEL, outbox_prune, outbox_stats
 from tests.worker_tasks import record
 
-from ..helpers import BASE_DIR, celery_worker, counters_worker, outbox_relay, settle, wait_for
+from ..helpers import (
+    BASE_DIR,
+    celery_worker,
+    counters_worker,
+    held_after_stop,
+    outbox_relay,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,7 +80,7 @@ def test_two_relays_publish_every_committed_task_exactly_once(
             log_dir=worker_log_dir,
             queues="default",
             concurrency=2,
-        ),
+        ) as worker,
         outbox_relay(
             broker_url=broker_url,
             database_url=database_url,
@@ -89,7 +96,7 @@ def test_two_relays_publish_every_committed_task_exactly_once(
     ):
         wait_for(lambda: len(_done(cache_redis, marker)) >= len(ids), what="every task run")
         wait_for(lambda: _unsent() == 0, what="every row marked sent")
-        settle(broker_url, "default")
+        assert held_after_stop(worker, broker_url, "default") == 0
     done = _done(cache_redis, marker)
     assert sorted(done) == sorted(ids)  # each once: a row published twice would run twice
     assert OutboxMessage.objects.filter(attempts__gt=0).count() == 0
@@ -149,7 +156,7 @@ def test_rows_committed_while_the_broker_is_unreachable_wait_then_are_published(
             database_url=database_url,
             log_dir=worker_log_dir,
             queues="default",
-        ),
+        ) as worker,
         counters_worker(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
         outbox_relay(broker_url=broker_url, database_url=database_url, log_dir=worker_log_dir),
     ):
@@ -161,7 +168,7 @@ def test_rows_committed_while_the_broker_is_unreachable_wait_then_are_published(
             what="the increments applied",
             timeout=60,
         )
-        settle(broker_url, "default")
+        assert held_after_stop(worker, broker_url, "default") == 0
     assert sorted(_done(cache_redis, marker)) == sorted(ids)
     assert _unsent() == 0
 
