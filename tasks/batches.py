@@ -3,6 +3,8 @@ machinery of a task that handles many messages in one run (the counters' ``apply
 
 import contextlib
 import logging
+import time
+import uuid
 
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -36,7 +38,19 @@ class OutcomeBatches(Batches):
             with contextlib.suppress(Exception):
                 self._tref.cancel()
             self._tref = None
+        self._events = consumer.event_dispatcher
         return super().Strategy(task, app, consumer)
+
+    def _event(self, kind: str, **fields) -> None:
+        """A task event for Flower: a batch runs outside Celery's per-message request machinery,
+        which is what normally sends them, so without this Flower never sees the counters."""
+        events = getattr(self, "_events", None)
+        if events is None or not events.enabled or not self.send_events:
+            return
+        try:
+            events.send(kind, **fields)
+        except Exception as exc:  # watching must never fail a batch
+            logger.warning("could not send %s event: %r", kind, exc)
 
     def flush(self, requests):
         # A redelivered message was in a batch whose process died: it runs in a pool job of its
@@ -47,10 +61,37 @@ class OutcomeBatches(Batches):
 
     def _flush_group(self, requests):
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
+        # One task in Flower per batch, its own id; the messages' ids are the deltas' ids.
+        batch_id, started = str(uuid.uuid4()), time.monotonic()
+        self._event(
+            "task-received",
+            uuid=batch_id,
+            name=self.name,
+            args="()",
+            kwargs=repr({"messages": len(requests), "first_message": requests[0].id}),
+            retries=0,
+            eta=None,
+            expires=None,
+        )
+
+        def on_accept(pid, time_accepted) -> None:
+            self._event("task-started", uuid=batch_id)
 
         def on_return(outcome) -> None:
-            outcome = outcome or {"requeue": [r.id for r in requests]}
-            reject, requeue = set(outcome.get("reject", ())), set(outcome.get("requeue", ()))
+            if outcome:
+                reject, requeue = set(outcome.get("reject", ())), set(outcome.get("requeue", ()))
+                result = {
+                    "done": len(requests) - len(reject) - len(requeue),
+                    "dead_lettered": len(reject),
+                    "given_back": len(requeue),
+                }
+                runtime = time.monotonic() - started
+                self._event("task-succeeded", uuid=batch_id, result=repr(result), runtime=runtime)
+            else:  # the batch function raised: give every message back
+                reject, requeue = set(), {r.id for r in requests}
+                self._event(
+                    "task-failed", uuid=batch_id, exception="batch failed; given back", traceback=""
+                )
             for request in requests:
                 if request.id in reject:
                     request.reject(requeue=False)
@@ -60,6 +101,12 @@ class OutcomeBatches(Batches):
                     request.acknowledge()
 
         def on_error(exc_info) -> None:
+            self._event(
+                "task-failed",
+                uuid=batch_id,
+                exception=repr(getattr(exc_info, "exception", exc_info)),
+                traceback=str(getattr(exc_info, "traceback", "")),
+            )
             for request in requests:
                 request.reject(requeue=True)
 
@@ -67,6 +114,7 @@ class OutcomeBatches(Batches):
             apply_batches_task,
             (self, serializable, 0, None),
             callback=on_return,
+            accept_callback=on_accept,
             error_callback=on_error,
         )
 
