@@ -5,10 +5,11 @@ at BENCH_AMQP_URL), records the box, then measures:
 
 1. increments over HTTP (wrk, 32 connections, one hot key, the same gunicorn 4x8 setup for all
    cases): our path (group commit of publisher confirms) vs our path with one confirm per request
-   vs a naive per-request UPDATE vs the same view without counting; requests/s, p50/p99,
-   PostgreSQL commits per 1000 increments and CPU time per request by process; afterwards the
-   durable count must equal the 2xx responses;
-2. apply throughput from a backlog (50,000 deltas over 100 Zipf-skewed keys), batched vs one
+   vs the lossy Redis buffer (bench/lossy.py) vs a naive per-request UPDATE vs the same view
+   without counting; requests/s, p50/p99, PostgreSQL commits per 1000 increments and CPU time per
+   request by process, and ours/lossy for requests/s and CPU; afterwards the durable count must
+   equal the 2xx responses, ours and the lossy buffer's (nothing restarts here);
+2. apply throughput from a backlog (100,000 deltas over 100 Zipf-skewed keys), batched vs one
    transaction per delta, in the database, and end to end through a worker on each broker;
 3. the cost of the idempotency ledger: the batch SQL with vs without the ledger insert, and a
    real worker with vs without it (bench/worker_without_ledger.py);
@@ -219,6 +220,7 @@ def wrk(url: str, seconds: int, connections: int = 32) -> dict:
 CPU_KINDS = {
     "gunicorn": "web",
     "celery": "worker",
+    "bench.lossy": "flusher",
     "beam.smp": "rabbitmq",
     "postgres": "postgres",
     "redis-server": "redis",
@@ -254,7 +256,9 @@ def cpu_seconds() -> dict[str, float]:
 
 def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
     from django.core.management import call_command
+    from django_redis import get_redis_connection
 
+    from bench import lossy
     from counters.models import Counter
 
     def gunicorn(name: str, extra_env: dict) -> tuple[subprocess.Popen, str]:
@@ -283,19 +287,29 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
     web_single, base_single = gunicorn("web-single-confirm", {"COUNTER_GROUP_COMMIT": "false"})
     worker = counters_worker(env, tmp, "http-apply")
     Counter.objects.update_or_create(key="article_views:naive", defaults={"value": 0})
+    # The lossy case counts from zero, warm-up included (its flusher has no drain to wait for).
+    Counter.objects.update_or_create(key="article_views:lossy", defaults={"value": 0})
+    get_redis_connection("default").delete(
+        lossy.PENDING_KEY, lossy.BUFFER_PREFIX + "article_views:lossy"
+    )
+    flusher = start([sys.executable, "-m", "bench.lossy"], env, tmp / "lossy-flusher.log")
+    wait_ready(tmp / "lossy-flusher.log", "lossy flusher ready")
     cases = {
         "ours": f"{base}/api/counters/article_views:hot/incr",
         "ours_one_confirm_per_request": f"{base_single}/api/counters/article_views:hot/incr",
+        "lossy": f"{base}/bench/lossy/article_views:lossy/incr",
         "naive": f"{base}/bench/naive/article_views:naive/incr",
         "no_counting": f"{base}/bench/nocount/article_views:none/incr",
     }
     counted = ("ours", "ours_one_confirm_per_request")
     results: dict[str, list] = {name: [] for name in cases}
-    ok_counted = 0
+    ok_counted = ok_lossy = 0
     try:
         time.sleep(2)
-        for url in cases.values():  # warm-up
-            wrk(url, 2)
+        for name, url in cases.items():  # warm-up
+            warm = wrk(url, 2)
+            if name == "lossy":
+                ok_lossy += warm["ok"]
         call_command("counters", "drain", "--timeout", "120", stdout=open(os.devnull, "w"))
         start_value = Counter.objects.filter(key="article_views:hot").values_list(
             "value", flat=True
@@ -317,6 +331,8 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
                 results[name].append(result)
                 if name in counted:
                     ok_counted += result["ok"]
+                if name == "lossy":
+                    ok_lossy += result["ok"]
                 say(
                     f"http {name} repeat {repeat + 1}/{repeats}: {result['rps']:.0f} req/s, "
                     f"p99 {result['p99_ms']} ms"
@@ -324,10 +340,14 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
         say("http: draining the queue to check durable == 2xx responses")
         call_command("counters", "drain", "--timeout", "300", stdout=open(os.devnull, "w"))
         durable = Counter.objects.get(key="article_views:hot").value - start_value
+        stop(flusher)  # its last flush on the way out; then anything it left, from here
+        lossy.flush()
+        durable_lossy = Counter.objects.get(key="article_views:lossy").value
     finally:
         stop(web)
         stop(web_single)
         stop(worker)
+        stop(flusher)
     summary = {
         name: {
             "rps": median([r["rps"] for r in runs]),
@@ -350,6 +370,18 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
         "ok_responses": ok_counted,
         "cut_off_allowance": slack,
         "holds": holds,
+    }
+    slack = 32 * (repeats + 1)  # the lossy case's warm-up counts too
+    summary["lossy_durable_equals_2xx"] = {
+        "durable": durable_lossy,
+        "ok_responses": ok_lossy,
+        "cut_off_allowance": slack,
+        "holds": ok_lossy <= durable_lossy <= ok_lossy + slack,
+    }
+    cpu = {name: sum(summary[name]["cpu_ms_per_request"].values()) for name in ("ours", "lossy")}
+    summary["ours_vs_lossy"] = {
+        "rps": summary["ours"]["rps"] / summary["lossy"]["rps"],
+        "cpu_ms_per_increment": cpu["ours"] / cpu["lossy"],
     }
     return summary
 
@@ -565,6 +597,9 @@ def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
 # --- report -------------------------------------------------------------------------------------
 
 
+HTTP_CASES = ("ours", "ours_one_confirm_per_request", "lossy", "naive", "no_counting")
+
+
 def ratio(a, b) -> str:
     """``a / b`` as ``1.23x``; n/a when either was not measured (a --quick run's tiny backlog)."""
     return f"{round(a / b, 2)}x" if a and b else "n/a"
@@ -580,7 +615,8 @@ def report(results: dict) -> list[str]:
     http = results.get("http")
     if http:
         ours, single = http["ours"], http["ours_one_confirm_per_request"]
-        naive, none = http["naive"], http["no_counting"]
+        naive, none, lossy = http["naive"], http["no_counting"], http["lossy"]
+        cpu_ours, cpu_lossy = (sum(c["cpu_ms_per_request"].values()) for c in (ours, lossy))
         lines += [
             f"| HTTP increments req/s | {ours['rps']:.0f} | naive {naive['rps']:.0f} "
             f"| {ratio(ours['rps'], naive['rps'])} | >= 3x |",
@@ -591,8 +627,13 @@ def report(results: dict) -> list[str]:
             f"| HTTP req/s: group commit vs one confirm per request | {ours['rps']:.0f} | "
             f"{single['rps']:.0f} (p99 {single['p99_ms']} ms) | "
             f"{ratio(ours['rps'], single['rps'])} | |",
+            f"| HTTP req/s vs the lossy Redis buffer | {ours['rps']:.0f} | lossy "
+            f"{lossy['rps']:.0f} | {ratio(ours['rps'], lossy['rps'])} | |",
+            f"| CPU ms per increment (whole box) vs the lossy Redis buffer | {cpu_ours:.2f} | "
+            f"lossy {cpu_lossy:.2f} | {ratio(cpu_ours, cpu_lossy)} | |",
             f"| PostgreSQL commits per 1000 increments | {ours['pg_commits_per_1000']:.1f} | "
-            f"naive {naive['pg_commits_per_1000']:.1f} | | <= 10 |",
+            f"naive {naive['pg_commits_per_1000']:.1f}, lossy "
+            f"{lossy['pg_commits_per_1000']:.1f} | | <= 10 |",
         ]
     db = results.get("apply_db")
     if db:
@@ -632,19 +673,38 @@ def report(results: dict) -> list[str]:
             f"{lag_['p50_ms']:.0f} ms, p99 {lag_['p99_ms']:.0f} ms | | | |"
         )
     if http:
-        check = http["durable_equals_2xx"]
-        lines.append(
-            f"| durable count vs 2xx responses | {check['durable']} | "
-            f"{check['ok_responses']} (+ up to {check['cut_off_allowance']} cut off by "
-            f"wrk) | | {'holds' if check['holds'] else 'VIOLATED'} |"
-        )
-        lines += ["", "CPU time per HTTP request, ms, by process (medians; the whole box):", ""]
+        for label, check_name in (
+            ("ours", "durable_equals_2xx"),
+            ("lossy", "lossy_durable_equals_2xx"),
+        ):
+            check = http[check_name]
+            lines.append(
+                f"| durable count vs 2xx responses, {label} | {check['durable']} | "
+                f"{check['ok_responses']} (+ up to {check['cut_off_allowance']} cut off by "
+                f"wrk) | | {'holds' if check['holds'] else 'VIOLATED'} |"
+            )
+        lines += [
+            "",
+            "HTTP cases (medians): requests/s, latency, PostgreSQL commits per 1000 increments, "
+            "CPU time per request in ms by process (the whole box):",
+            "",
+        ]
         kinds = [*CPU_KINDS.values(), "wrk"]
-        lines += ["| case | " + " | ".join(kinds) + " | total |", "|---" * (len(kinds) + 2) + "|"]
-        for name in ("ours", "ours_one_confirm_per_request", "naive", "no_counting"):
-            cpu = http[name]["cpu_ms_per_request"]
-            cells = " | ".join(f"{cpu[k]:.2f}" for k in kinds)
-            lines.append(f"| {name} | {cells} | {sum(cpu.values()):.2f} |")
+        head = ["case", "req/s", "p50 ms", "p99 ms", "PG commits /1000", *kinds, "CPU total"]
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for name in HTTP_CASES:
+            case = http[name]
+            cpu = case["cpu_ms_per_request"]
+            cells = [
+                name,
+                f"{case['rps']:.0f}",
+                f"{case['p50_ms']}",
+                f"{case['p99_ms']}",
+                f"{case['pg_commits_per_1000']:.1f}",
+                *(f"{cpu[k]:.2f}" for k in kinds),
+                f"{sum(cpu.values()):.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -655,20 +715,28 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     http, db = results["http"], results["apply_db"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = ["ours", "ours_one_confirm_per_request", "naive", "no_counting"]
-    labels = [
-        "ours\n(group commit)",
-        "ours, one confirm\nper request",
-        "naive\nUPDATE",
-        "no counting",
-    ]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    case_labels = {
+        "ours": "ours\n(group commit)",
+        "ours_one_confirm_per_request": "ours, one\nconfirm per\nrequest",
+        "lossy": "lossy\nRedis buffer",
+        "naive": "naive\nUPDATE",
+        "no_counting": "no counting",
+    }
     axes[0].bar(
-        labels,
-        [http[n]["rps"] for n in names],
-        color=["tab:blue", "tab:cyan", "tab:red", "tab:gray"],
+        [case_labels[n] for n in HTTP_CASES],
+        [http[n]["rps"] for n in HTTP_CASES],
+        color=["tab:blue", "tab:cyan", "tab:olive", "tab:red", "tab:gray"],
     )
     axes[0].set_title("HTTP increments, requests/s (32 connections)")
+    # Where each request's CPU goes: ours against what users would otherwise pick, and no counting.
+    names, bottom = ["ours", "lossy", "no_counting"], [0.0, 0.0, 0.0]
+    for kind in [*CPU_KINDS.values(), "wrk"]:
+        heights = [http[n]["cpu_ms_per_request"][kind] for n in names]
+        axes[1].bar([case_labels[n] for n in names], heights, bottom=bottom, label=kind)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    axes[1].legend(fontsize="small")
+    axes[1].set_title("CPU ms per request, the whole box, by process")
     names = ["batched", "per_delta", "ledger_sql", "no_ledger_sql"]
     labels = [
         "batched\n(worker apply)",
@@ -676,12 +744,12 @@ def chart(results: dict, path: Path) -> None:
         "SQL with\nledger",
         "SQL without\nledger",
     ]
-    axes[1].bar(
+    axes[2].bar(
         labels,
         [db[n]["deltas_per_s"] for n in names],
         color=["tab:blue", "tab:red", "tab:green", "tab:gray"],
     )
-    axes[1].set_title("Apply throughput in PostgreSQL, deltas/s")
+    axes[2].set_title("Apply throughput in PostgreSQL, deltas/s")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -700,7 +768,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     only = set(args.only or SECTIONS)
-    seconds, repeats, backlog = (3, 1, 2000) if args.quick else (10, 3, 50_000)
+    seconds, repeats, backlog = (3, 1, 2000) if args.quick else (10, 3, 100_000)
     if shutil.which("wrk") is None:
         say("installing wrk (Debian package)")
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
@@ -730,9 +798,14 @@ def main() -> int:
         if "http" in only:
             say(
                 f"2/6 HTTP increments on {http_broker.split(':')[0]}: ours (group commit), ours "
-                f"(one confirm per request), naive, no counting"
+                f"(one confirm per request), lossy Redis buffer, naive, no counting"
             )
             results["http"] = http_cases(env, tmp, seconds=seconds, repeats=repeats)
+            versus = results["http"]["ours_vs_lossy"]
+            say(
+                f"http ours/lossy: {versus['rps']:.2f}x the requests/s, "
+                f"{versus['cpu_ms_per_increment']:.2f}x the CPU per increment"
+            )
         if "apply" in only:
             say("3/6 apply in the database: batched, per delta, SQL with and without the ledger")
             results["apply_db"] = apply_in_database(backlog)

@@ -126,7 +126,8 @@ LOGGING = {
 DJANGO_ADMIN_USER = env("DJANGO_ADMIN_USER", default="admin")
 DJANGO_ADMIN_PASSWORD = env("DJANGO_ADMIN_PASSWORD", default="")
 FLOWER_URL = env("FLOWER_URL", default="http://127.0.0.1:5555/")
-# `make bench` mounts its baseline views (naive UPDATE per request, no counting); never in prod.
+# `make bench` mounts its baseline views (naive UPDATE per request, the lossy Redis buffer, no
+# counting); never in prod.
 BENCH_VIEWS = env.bool("BENCH_VIEWS", default=False)
 # Bearer token a Prometheus server sends to /metrics (staff sessions need none); unset: staff only.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
