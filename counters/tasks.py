@@ -7,6 +7,7 @@ from celery_batches import SimpleRequest
 from django.conf import settings
 
 from tasks.batches import OutcomeBatches, int_or_zero
+from tasks.envelopes import ENVELOPE_KWARG
 
 from .services import (
     APPLY_TASK,
@@ -33,24 +34,61 @@ def _float_or_none(value) -> float | None:
     flush_interval=settings.COUNTER_BATCH_INTERVAL_MS / 1000,
 )
 def apply_deltas(requests: list[SimpleRequest]) -> dict:
-    deltas = [
-        IncomingDelta(
-            message_id=request.id,
-            # Whatever a malformed message carries, it becomes a malformed delta (dead-lettered
-            # by the batch), never an error that gives the whole batch back.
-            args=list(request.args) if isinstance(request.args, list | tuple) else [request.args],
-            retries=int_or_zero(request.request_dict.get("retries")),
-            # RabbitMQ quorum queues count earlier deliveries; the Redis broker's are counted in
-            # delta_batch_apply.
-            deliveries=int_or_zero(request.request_dict.get("x-delivery-count")) + 1,
-            published_at=_float_or_none(
-                request.kwargs.get("published_at") if isinstance(request.kwargs, dict) else None
-            ),
+    deltas: list[IncomingDelta] = []
+    enveloped: dict[str, list[str]] = {}  # envelope (message) id -> its deltas' ids
+    for request in requests:
+        # RabbitMQ quorum queues count earlier deliveries; the Redis broker's are counted in
+        # delta_batch_apply.
+        deliveries = int_or_zero(request.request_dict.get("x-delivery-count")) + 1
+        retries = int_or_zero(request.request_dict.get("retries"))
+        kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+        if ENVELOPE_KWARG in kwargs:
+            items = _unpack(request.id, kwargs[ENVELOPE_KWARG], deliveries, retries)
+            enveloped[request.id] = [delta.message_id for delta in items]
+            deltas += items
+            continue
+        deltas.append(
+            IncomingDelta(
+                message_id=request.id,
+                # Whatever a malformed message carries, it becomes a malformed delta
+                # (dead-lettered by the batch), never an error that gives the batch back.
+                args=list(request.args)
+                if isinstance(request.args, list | tuple)
+                else [request.args],
+                retries=retries,
+                deliveries=deliveries,
+                published_at=_float_or_none(kwargs.get("published_at")),
+            )
         )
-        for request in requests
-    ]
     outcome = delta_batch_apply(deltas=deltas)
-    return {"reject": outcome.reject, "requeue": outcome.requeue}
+    requeue = set(outcome.requeue)
+    return {
+        "reject": outcome.reject,
+        # An envelope is given back whole if any of its deltas must be (the ledger absorbs the
+        # copies of those already applied); otherwise it is acknowledged.
+        "requeue": [*outcome.requeue, *(e for e, ids in enveloped.items() if requeue & set(ids))],
+    }
+
+
+def _unpack(envelope_id: str, items, deliveries: int, retries: int) -> list[IncomingDelta]:
+    """An envelope's deltas, each under its own id; a malformed item (or envelope) becomes a
+    malformed delta of its own, dead-lettered alone."""
+    if not isinstance(items, list) or not items:
+        items = [items]
+    deltas = []
+    for index, item in enumerate(items):
+        ok = isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+        deltas.append(
+            IncomingDelta(
+                message_id=item[0] if ok else f"{envelope_id}#{index}",
+                args=item[:3] if ok else [item],
+                retries=retries,
+                deliveries=deliveries,
+                published_at=_float_or_none(item[3]) if ok else None,
+                envelope_id=envelope_id,
+            )
+        )
+    return deltas
 
 
 @shared_task(name="counters.reconcile")

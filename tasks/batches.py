@@ -9,6 +9,8 @@ import uuid
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from .envelopes import ENVELOPE_KWARG
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,7 +70,7 @@ class OutcomeBatches(Batches):
             uuid=batch_id,
             name=self.name,
             args="()",
-            kwargs=repr({"messages": len(requests), "first_message": requests[0].id}),
+            kwargs=repr({"messages": len(requests), "items": _items(requests)}),
             retries=0,
             eta=None,
             expires=None,
@@ -117,6 +119,16 @@ class OutcomeBatches(Batches):
             accept_callback=on_accept,
             error_callback=on_error,
         )
+
+
+def _items(requests) -> int:
+    """What the batch carries: an envelope's items each, any other message as one."""
+    total = 0
+    for request in requests:
+        kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+        items = kwargs.get(ENVELOPE_KWARG)
+        total += len(items) if isinstance(items, list) else 1
+    return total
 
 
 def int_or_zero(value) -> int:

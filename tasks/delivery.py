@@ -21,7 +21,14 @@ def delivery_counts(*, app, messages: list[tuple[str, int]]) -> dict[tuple[str, 
 
 
 def message_dead_letter(
-    *, app, message: FailedMessage, retries: int, reason: str, exception: str, trace: str
+    *,
+    app,
+    message: FailedMessage,
+    retries: int,
+    reason: str,
+    exception: str,
+    trace: str,
+    publish_copy: bool = False,
 ) -> None:
     """Dead-letter a message; the caller then rejects it (RabbitMQ's dead-letter exchange moves
     it to the dead-letter queue).
@@ -32,8 +39,10 @@ def message_dead_letter(
     raises if either fails; the caller keeps the message alive with a backoff (giving it back at
     once would spend a delivery per cycle until the broker's limit dead-letters it unseen). The
     row is one per message id; a copy published before a failed row may be followed by another.
+    ``publish_copy``: publish the copy on RabbitMQ too (an item of an envelope: the caller
+    acknowledges the envelope instead of rejecting it).
     """
-    if message.broker == "redis":
+    if message.broker == "redis" or publish_copy:
         dead_letter_publish_task(
             app=app,
             task_id=message.task_id,

@@ -6,10 +6,12 @@ unacknowledged in a second command; a worker (or the broker) that dies in betwee
 nothing left in the broker to restore it from. RabbitMQ has no such window, so there the record is
 not kept.
 
-The record is a hash ``inflight:<queue>``: field = message id, value = JSON of what is needed to
-publish it again plus the time it was recorded. It is written BEFORE the message is pushed, so no
-pushed message lacks a record: a record whose push then failed belongs to a publish its caller saw
-fail (for a counter delta: cancelled in the ledger, so a re-publish is a no-op). The consumer
+The record is a hash ``inflight:<queue>``: field = message id (for an envelope, each delta's own
+id: deltas are recorded, re-published and forgotten one by one, whatever message carried them),
+value = JSON of what is needed to publish it again plus the time it was recorded. It is written
+BEFORE the message is pushed, so no pushed message lacks a record: a record whose push then failed
+belongs to a publish its caller saw fail (for a counter delta: cancelled in the ledger, so a
+re-publish is a no-op). The consumer
 forgets ids once they are done (applied, or recorded as dead letters); whatever else is older than
 the redelivery window (``COUNTER_REPUBLISH_AFTER_S``) is stranded and published again.
 """
@@ -35,6 +37,15 @@ def inflight_record(*, app, queue: str, message_id: str, payload: dict, now: flo
         conn.default_channel.client.hset(
             _key(queue), message_id, json.dumps({**payload, "recorded_at": now})
         )
+
+
+def inflight_record_many(*, app, queue: str, records: dict[str, dict], now: float) -> None:
+    """Record several messages' items at once (an envelope's deltas, each under its own id)."""
+    mapping = {
+        item_id: json.dumps({**payload, "recorded_at": now}) for item_id, payload in records.items()
+    }
+    with _client(app) as conn:
+        conn.default_channel.client.hset(_key(queue), mapping=mapping)
 
 
 def inflight_forget(*, app, queue: str, message_ids: list[str]) -> None:

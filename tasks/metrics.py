@@ -9,3 +9,8 @@ publish_group_size = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 dead_letters = Counter("dead_letters", "Messages dead-lettered.", ["reason"])
+envelope_size = Histogram(
+    "envelope_size",
+    "Items (counter deltas) per envelope message, as published (tasks/envelopes.py).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
+)

@@ -1,4 +1,5 @@
-"""Durable hot counters, by path: write.py (``counter_incr``), read.py (``counter_get``,
+"""Durable hot counters, by path: write.py (``counter_incr``), publish.py (envelopes or single
+messages, confirmed), read.py (``counter_get``,
 ``counter_get_many``, read repair), apply.py (the batch task's ledger + upsert), reconcile.py
 (cache drift, stranded deltas); their SQL in sql.py.
 
@@ -14,16 +15,16 @@ from .apply import (
     ledger_prune,
 )
 from .common import APPLY_TASK, COUNTERS_QUEUE, DURABLE, EPHEMERAL
+from .publish import (
+    CounterUnavailable,
+    delta_publish,
+    delta_publish_from_outbox,
+    delta_publish_single,
+)
 from .read import CounterReading, counter_fill, counter_get, counter_get_many
 from .reconcile import Repair, counter_reconcile, delta_republish_stranded
 from .sql import COUNTER_UPSERT, LEDGER_INSERT, RECONCILE_SNAPSHOT
-from .write import (
-    CounterUnavailable,
-    Increment,
-    counter_incr,
-    delta_publish,
-    delta_publish_from_outbox,
-)
+from .write import Increment, counter_incr
 
 __all__ = [
     "APPLY_TASK",
@@ -49,6 +50,7 @@ __all__ = [
     "delta_group_apply",
     "delta_publish",
     "delta_publish_from_outbox",
+    "delta_publish_single",
     "delta_republish_stranded",
     "ledger_prune",
 ]

@@ -37,21 +37,28 @@ from ..faults import fault_point
 from ..keys import InvalidCounter, amount_validate, key_validate
 from ..models import AppliedDelta
 from .common import APPLY_TASK, COUNTERS_QUEUE, DURABLE, close_connection, valid_uuids
+from .publish import delta_publish, delta_publish_single
 from .sql import COUNTER_UPSERT, LEDGER_INSERT
-from .write import delta_publish
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class IncomingDelta:
-    """One delta message as the batch task received it."""
+    """One delta as the batch task received it: a message of its own, or one of an envelope's
+    (``envelope_id``: the message; ``message_id``: the delta's own id, as a single's would be)."""
 
     message_id: str
     args: list
     retries: int = 0
     deliveries: int = 1
     published_at: float | None = None
+    envelope_id: str | None = None
+
+    @property
+    def delivered_as(self) -> str:
+        """The id of the message that brought it (what the broker counts deliveries of)."""
+        return self.envelope_id or self.message_id
 
 
 @dataclass
@@ -185,6 +192,9 @@ class Partition:
     # Applied in this order: every first delivery together, then each redelivered one alone (it
     # was in a batch whose worker died: a poison delta can then only take itself down).
     groups: list[list[tuple[IncomingDelta, Parsed]]] = field(default_factory=list)
+    # Of a redelivered envelope, not in the ledger: published again one message each, so that
+    # each has its own delivery count and a poison delta takes only itself down.
+    explode: list[tuple[IncomingDelta, Parsed]] = field(default_factory=list)
 
 
 def deltas_partition(
@@ -206,6 +216,8 @@ def deltas_partition(
                 continue
             if delta.deliveries == 1:
                 fresh.append((delta, parsed))
+            elif delta.envelope_id:
+                partition.explode.append((delta, parsed))
             else:
                 partition.groups.append([(delta, parsed)])
     if fresh:
@@ -218,7 +230,7 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
     partition = deltas_partition(
         deltas=deltas,
         max_deliveries=settings.TASK_MAX_DELIVERIES,
-        applied=_applied_over_limit(deltas),
+        applied=_applied_among(deltas),
     )
     for delta in partition.done:
         outcome.settled.add(delta.message_id)
@@ -228,6 +240,8 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
         _dead_letter(delta, DeadLetter.Reason.DELIVERY_LIMIT, reason, "", outcome)
     for delta, error in partition.malformed:
         _dead_letter(delta, DeadLetter.Reason.PERMANENT_ERROR, error, "", outcome)
+    for delta, (delta_id, key, amount) in partition.explode:
+        _publish_alone(delta, delta_id=delta_id, key=key, amount=amount, outcome=outcome)
     _apply_groups(partition.groups, outcome)
 
 
@@ -236,16 +250,22 @@ def _count_deliveries(deltas: list[IncomingDelta]) -> None:
     if broker_kind(app) != "redis":
         return
     try:
-        counts = delivery_counts(app=app, messages=[(d.message_id, d.retries) for d in deltas])
+        counts = delivery_counts(app=app, messages=[(d.delivered_as, d.retries) for d in deltas])
         for delta in deltas:
-            delta.deliveries = counts[(delta.message_id, delta.retries)]
+            delta.deliveries = counts[(delta.delivered_as, delta.retries)]
     except Exception:  # counting must never stop deltas from being applied
         logger.exception("could not count deliveries")
 
 
-def _applied_over_limit(deltas: list[IncomingDelta]) -> set[str]:
-    """The ids of the over-the-limit deltas that the ledger holds (one query, only if any)."""
-    ids = [str(d.args[0]) for d in deltas if d.deliveries > settings.TASK_MAX_DELIVERIES and d.args]
+def _applied_among(deltas: list[IncomingDelta]) -> set[str]:
+    """The ids the ledger holds of the deltas over the delivery limit and of the redelivered
+    envelopes' (one query, only if any)."""
+    ids = [
+        str(d.args[0])
+        for d in deltas
+        if d.args
+        and (d.deliveries > settings.TASK_MAX_DELIVERIES or (d.envelope_id and d.deliveries > 1))
+    ]
     if not ids:
         return set()
     rows = AppliedDelta.objects.filter(delta_id__in=valid_uuids(ids))
@@ -314,6 +334,20 @@ def _retry_later(delta: IncomingDelta, exc: BaseException, outcome: BatchOutcome
         outcome.requeue.append(delta.message_id)
 
 
+def _publish_alone(
+    delta: IncomingDelta, *, delta_id: str, key: str, amount: int, outcome: BatchOutcome
+) -> None:
+    """A delta of a redelivered envelope, published again as a message of its own; its envelope
+    is given back if that fails (the copies already published are absorbed by the ledger)."""
+    outcome.settled.add(delta.message_id)
+    try:
+        delta_publish_single(
+            delta_id=delta_id, key=key, amount=amount, published_at=delta.published_at
+        )
+    except Exception:
+        outcome.requeue.append(delta.message_id)
+
+
 def _dead_letter(
     delta: IncomingDelta, reason: str, exception: str, trace: str, outcome: BatchOutcome
 ) -> None:
@@ -335,6 +369,8 @@ def _dead_letter(
             reason=reason,
             exception=exception,
             trace=trace,
+            # One delta of an envelope: the broker cannot dead-letter part of a message.
+            publish_copy=delta.envelope_id is not None,
         )
     except Exception as exc:
         # The dead-letter table or queue is unreachable (or the database is read-only): a
@@ -354,7 +390,8 @@ def _dead_letter(
     # Its in-flight record stays (until a replay is applied, or it is discarded): a replayed copy
     # lost by the broker is re-published from it like any other delta.
     outcome.settled.add(delta.message_id)
-    outcome.reject.append(delta.message_id)
+    if delta.envelope_id is None:  # an envelope is acknowledged: its copy is published already
+        outcome.reject.append(delta.message_id)
 
 
 def ledger_prune(*, older_than_s: int) -> int:

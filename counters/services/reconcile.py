@@ -21,8 +21,8 @@ from tasks.models import DeadLetter
 from .. import cache
 from ..models import AppliedDelta
 from .common import COUNTERS_QUEUE, valid_uuids
+from .publish import delta_publish_single
 from .sql import RECONCILE_SNAPSHOT
-from .write import delta_publish
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def delta_republish_stranded(*, republish_after_s: float | None = None) -> list[
         for delta_id in chunk:
             if delta_id not in done and delta_id not in dead:  # a replayed one is live again
                 payload = old[delta_id]
-                delta_publish(
+                delta_publish_single(
                     delta_id=delta_id,
                     key=payload["key"],
                     amount=payload["amount"],

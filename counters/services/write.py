@@ -13,44 +13,20 @@ import uuid
 from dataclasses import dataclass
 
 import redis.exceptions
-from django.conf import settings
 from django.db import connection
 
-from tasks.app import app
-from tasks.broker import broker_kind
-from tasks.inflight import inflight_record
-from tasks.outbox import OutboxItem, outbox_enqueue
-from tasks.publisher import publisher_for
+from tasks.outbox import outbox_enqueue
 
 from .. import cache, metrics
 from ..faults import fault_point
 from ..keys import amount_validate, key_validate
 from ..models import AppliedDelta
 from .common import APPLY_TASK, COUNTERS_QUEUE, EPHEMERAL, close_connection
+from .publish import CounterUnavailable, delta_publish
 from .read import counter_fill, durable_values
 from .sql import LEDGER_INSERT
 
 logger = logging.getLogger(__name__)
-PUBLISH_RETRY_POLICY = {
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
-
-
-class CounterUnavailable(RuntimeError):
-    """The broker did not confirm the delta (HTTP 503).
-
-    ``counted`` is False when the delta was cancelled (a ledger entry of amount 0 makes any late
-    copy of it a no-op: it will never be counted), None when even that could not be written
-    (PostgreSQL unreachable too): then the delta may still be counted, once.
-    """
-
-    def __init__(self, message: str, *, delta_id: str = "", counted: bool | None = False):
-        super().__init__(message)
-        self.delta_id = delta_id
-        self.counted = counted
 
 
 @dataclass(frozen=True)
@@ -86,13 +62,6 @@ def counter_incr(*, key: str, amount: int = 1) -> Increment:
         )
         return Increment(value=None, delta_id=delta_id)
     return _durable_incr(key=key, amount=amount)
-
-
-def delta_publish_from_outbox(item: OutboxItem) -> None:
-    """The relay's publisher for outbox deltas: the same publish as a request's (in-flight
-    record on the Redis broker, group confirms on RabbitMQ)."""
-    delta_id, key, amount = item.args
-    delta_publish(delta_id=delta_id, key=key, amount=amount)
 
 
 def _durable_incr(*, key: str, amount: int) -> Increment:
@@ -179,65 +148,3 @@ def _delta_cancel(*, delta_id: str, key: str) -> bool:
             delta_id=delta_id,
             counted=None,
         ) from exc
-
-
-def delta_publish(
-    *,
-    delta_id: str,
-    key: str,
-    amount: int,
-    countdown: float | None = None,
-    retries: int = 0,
-    published_at: float | None = None,
-) -> None:
-    """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none."""
-
-    try:
-        # The copy comes a second later, so it reaches the ledger in a later transaction.
-        fault_point(
-            "publish_twice",
-            keys={key},
-            publish=lambda: app.send_task(
-                APPLY_TASK, args=[delta_id, key, amount], task_id=delta_id, countdown=1
-            ),
-        )
-        kwargs = {"published_at": published_at or time.time()}
-        if retries == 0 and broker_kind(app) == "redis":
-            # Before the push, so no pushed delta lacks its record (tasks/inflight.py).
-            inflight_record(
-                app=app,
-                queue=COUNTERS_QUEUE,
-                message_id=delta_id,
-                payload={"key": key, "amount": amount, **kwargs},
-                now=time.time(),
-            )
-        if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
-            # Shares confirms with the process's other requests (tasks/publisher.py).
-            publisher_for(
-                app=app, queue_name="counters", timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S
-            ).publish(
-                name=APPLY_TASK,
-                task_id=delta_id,
-                args=[delta_id, key, amount],
-                kwargs=kwargs,
-                retries=retries,
-            )
-            return
-        app.send_task(
-            APPLY_TASK,
-            args=[delta_id, key, amount],
-            task_id=delta_id,
-            kwargs=kwargs,
-            countdown=countdown,
-            retries=retries,
-            # A blocked publisher (RabbitMQ memory alarm) gets an error, not a hung request.
-            timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
-            confirm_timeout=settings.COUNTER_PUBLISH_TIMEOUT_S,
-            # One retry (a pooled connection the broker closed is replaced), so a request waits
-            # at most about twice the timeout before its answer.
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
-    except Exception as exc:  # any publish failure means "not counted"
-        logger.error("delta %s %s %+d NOT published: %r", delta_id, key, amount, exc)
-        metrics.publish_failures.inc()
-        raise CounterUnavailable(f"the broker did not accept the delta: {exc}") from exc

@@ -26,6 +26,9 @@ COUNTER_PUBLISH_TIMEOUT_S = env.float("COUNTER_PUBLISH_TIMEOUT_S", default=5.0)
 # all and reads the broker's acks; tasks/publisher.py). False: each request publishes on a pooled
 # connection and waits for its own confirm (the slower baseline `make bench` compares against).
 COUNTER_GROUP_COMMIT = env.bool("COUNTER_GROUP_COMMIT", default=True)
+# A process's concurrent increments travel in envelopes, many deltas per message, confirmed
+# together (tasks/envelopes.py). False: one message per delta (the baseline `make bench` compares).
+COUNTER_ENVELOPES = env.bool("COUNTER_ENVELOPES", default=True)
 # `counters reconcile` (scheduled every COUNTER_RECONCILE_INTERVAL_S) re-publishes a pending delta
 # not applied after this long: the Redis broker can lose a message a worker was taking when it died.
 # Longer than the visibility timeout, after which the broker itself hands unacknowledged ones back.

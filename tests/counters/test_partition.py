@@ -56,3 +56,23 @@ def test_malformed_deltas_are_set_aside_with_their_reason():
     assert [d for d, _ in partition.malformed] == list(cases.values())
     assert all(reason.startswith("InvalidCounter: ") for _, reason in partition.malformed)
     assert [[d for d, _ in group] for group in partition.groups] == [[good]]
+
+
+def test_a_redelivered_envelope_explodes_except_what_the_ledger_holds():
+    """The deltas of an envelope seen before are published again one by one (each then has a
+    delivery count of its own); those the ledger holds are done; a first-delivery envelope's
+    deltas are applied with the other first deliveries."""
+    envelope_id, fresh_envelope = str(uuid.uuid4()), str(uuid.uuid4())
+    again, applied_before = delta(deliveries=2), delta(deliveries=2)
+    for member in (again, applied_before):
+        member.envelope_id = envelope_id
+    fresh, single = delta(), delta()
+    fresh.envelope_id = fresh_envelope
+    partition = deltas_partition(
+        deltas=[again, applied_before, fresh, single],
+        max_deliveries=5,
+        applied={applied_before.args[0]},
+    )
+    assert [d for d, _ in partition.explode] == [again]
+    assert partition.done == [applied_before]
+    assert [[d for d, _ in group] for group in partition.groups] == [[fresh, single]]

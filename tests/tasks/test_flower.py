@@ -1,5 +1,5 @@
-"""Flower shows the counters pipeline: each batch of delta messages is a task in Flower's own HTTP
-API, with its state and how many messages it held, on both brokers."""
+"""Flower shows the counters pipeline: each batch of delta messages (envelopes) is a task in
+Flower's own HTTP API, with its state and how many deltas it held, on both brokers."""
 
 import ast
 import base64
@@ -24,7 +24,7 @@ def flower_tasks(base_url: str, name: str) -> list[dict]:
         return list(json.loads(response.read()).values())
 
 
-def test_each_counters_batch_is_a_task_in_flower_with_its_state_and_message_count(
+def test_each_counters_batch_is_a_task_in_flower_with_its_state_and_delta_count(
     broker_url, database_url, cache_redis, worker_log_dir
 ):
     key = "article_views:flower"
@@ -41,7 +41,7 @@ def test_each_counters_batch_is_a_task_in_flower_with_its_state_and_message_coun
         def succeeded() -> list[dict]:
             tasks = flower_tasks(flower, "counters.apply_deltas")
             done = [t for t in tasks if t["state"] == "SUCCESS"]
-            counted = sum(ast.literal_eval(t["kwargs"])["messages"] for t in done)
+            counted = sum(ast.literal_eval(t["kwargs"])["items"] for t in done)
             return done if counted == 5 else []
 
         batches = wait_for(succeeded, what="Flower to show the batches as succeeded")

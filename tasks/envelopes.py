@@ -1,0 +1,112 @@
+"""Envelopes: many small items (counter deltas) in ONE task message, acknowledged together.
+
+The price of durability was one Celery message per item, paid three times: building it in the
+web process, the broker's per-message work (a quorum-queue log entry, an fsync-backed confirm),
+and the worker's per-message consume and acknowledgement (docs/benchmarks.md). Kafka's producer
+answers the same problem with batching (``linger.ms``, ``batch.size``); so does this, without the
+linger: one thread per process and queue publishes one envelope at a time and waits for its
+confirmation, and everything handed to it meanwhile goes into the next envelope. An idle
+publisher sends at once (an envelope of one); a busy one batches what queued up behind the
+confirm in flight. No sleep on the request path.
+
+Each caller is answered only when the envelope holding its item is confirmed (RabbitMQ publisher
+confirm; the Redis broker's reply to the push, after its AOF write): nothing is acknowledged
+before it is durable. A failed envelope fails exactly its callers. A caller whose wait runs out
+cancels its item; if the thread had taken it already the item may still be published, so such a
+caller must treat it as "maybe sent" (the counters cancel the delta in the ledger).
+
+The message carries the items as the ``envelope`` keyword argument: a list of JSON lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+ENVELOPE_KWARG = "envelope"
+# Items per envelope at most: bounds the message size (a few dozen bytes an item) and the work a
+# redelivered envelope repeats. Chosen with `make bench` (docs/benchmarks.md, "envelopes").
+MAX_ITEMS = 500
+
+
+class EnvelopeNotConfirmed(RuntimeError):
+    """The envelope holding the item was not confirmed (it may or may not be in the broker)."""
+
+
+Send = Callable[[str, list[list]], None]  # (envelope id, items): returns once confirmed
+
+
+class EnvelopePublisher:
+    """One per process and queue (``envelope_publisher_for``)."""
+
+    def __init__(self, *, send: Send, name: str):
+        self._send = send
+        self._pending: list[tuple[list, Future]] = []
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"envelopes-{name}", daemon=True)
+        self._thread.start()
+
+    def publish(self, item: list, *, timeout_s: float) -> None:
+        """Hand one item over; return once its envelope is confirmed, else raise."""
+        future: Future = Future()
+        with self._ready:
+            self._pending.append((item, future))
+            self._ready.notify()
+        try:
+            future.result(timeout=timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise EnvelopeNotConfirmed(f"no confirm within {timeout_s:.1f}s") from None
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                taken, self._pending = self._pending[:MAX_ITEMS], self._pending[MAX_ITEMS:]
+            # A caller that gave up before its item was taken is not published.
+            live = [
+                (item, future) for item, future in taken if future.set_running_or_notify_cancel()
+            ]
+            if not live:
+                continue
+            envelope_id = str(uuid.uuid4())
+            try:
+                self._send(envelope_id, [item for item, _ in live])
+            except BaseException as exc:
+                logger.error(
+                    "envelope %s of %d items NOT confirmed: %r", envelope_id, len(live), exc
+                )
+                for _, future in live:
+                    future.set_exception(EnvelopeNotConfirmed(str(exc)))
+                continue
+            metrics.envelope_size.observe(len(live))
+            for _, future in live:
+                future.set_result(None)
+
+
+_publishers: dict[tuple, EnvelopePublisher] = {}
+_lock = threading.Lock()
+
+
+def envelope_publisher_for(*, key: tuple, send: Send) -> EnvelopePublisher:
+    """This process's envelope publisher for ``key`` (a forked child gets its own: the parent's
+    thread does not exist there)."""
+    full_key = (os.getpid(), *key)
+    publisher = _publishers.get(full_key)
+    if publisher is None:
+        with _lock:
+            publisher = _publishers.get(full_key)
+            if publisher is None:
+                publisher = EnvelopePublisher(send=send, name=str(key[-1]))
+                _publishers[full_key] = publisher
+    return publisher
