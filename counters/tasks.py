@@ -14,17 +14,12 @@ from .services import (
     IncomingDelta,
     counter_reconcile,
     delta_batch_apply,
+    envelope_unpack,
+    float_or_none,
     ledger_prune,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _float_or_none(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 @shared_task(
@@ -43,7 +38,12 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
         retries = int_or_zero(request.request_dict.get("retries"))
         kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
         if ENVELOPE_KWARG in kwargs:
-            items = _unpack(request.id, kwargs[ENVELOPE_KWARG], deliveries, retries)
+            items = envelope_unpack(
+                envelope_id=request.id,
+                items=kwargs[ENVELOPE_KWARG],
+                deliveries=deliveries,
+                retries=retries,
+            )
             enveloped[request.id] = [delta.message_id for delta in items]
             deltas += items
             continue
@@ -57,7 +57,7 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
                 else [request.args],
                 retries=retries,
                 deliveries=deliveries,
-                published_at=_float_or_none(kwargs.get("published_at")),
+                published_at=float_or_none(kwargs.get("published_at")),
             )
         )
     outcome = delta_batch_apply(deltas=deltas)
@@ -68,27 +68,6 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
         # copies of those already applied); otherwise it is acknowledged.
         "requeue": [*outcome.requeue, *(e for e, ids in enveloped.items() if requeue & set(ids))],
     }
-
-
-def _unpack(envelope_id: str, items, deliveries: int, retries: int) -> list[IncomingDelta]:
-    """An envelope's deltas, each under its own id; a malformed item (or envelope) becomes a
-    malformed delta of its own, dead-lettered alone."""
-    if not isinstance(items, list) or not items:
-        items = [items]
-    deltas = []
-    for index, item in enumerate(items):
-        ok = isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
-        deltas.append(
-            IncomingDelta(
-                message_id=item[0] if ok else f"{envelope_id}#{index}",
-                args=item[:3] if ok else [item],
-                retries=retries,
-                deliveries=deliveries,
-                published_at=_float_or_none(item[3]) if ok else None,
-                envelope_id=envelope_id,
-            )
-        )
-    return deltas
 
 
 @shared_task(name="counters.reconcile")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -34,31 +33,13 @@ from tasks.services import (
 from .. import cache, metrics
 from ..cache import lag_record
 from ..faults import fault_point
-from ..keys import InvalidCounter, amount_validate, key_validate
 from ..models import AppliedDelta
-from .common import APPLY_TASK, COUNTERS_QUEUE, DURABLE, close_connection, valid_uuids
+from .common import APPLY_TASK, COUNTERS_QUEUE, close_connection, valid_uuids
+from .partition import IncomingDelta, Parsed, deltas_partition
 from .publish import delta_publish, delta_publish_single
 from .sql import COUNTER_UPSERT, LEDGER_INSERT
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class IncomingDelta:
-    """One delta as the batch task received it: a message of its own, or one of an envelope's
-    (``envelope_id``: the message; ``message_id``: the delta's own id, as a single's would be)."""
-
-    message_id: str
-    args: list
-    retries: int = 0
-    deliveries: int = 1
-    published_at: float | None = None
-    envelope_id: str | None = None
-
-    @property
-    def delivered_as(self) -> str:
-        """The id of the message that brought it (what the broker counts deliveries of)."""
-        return self.envelope_id or self.message_id
 
 
 @dataclass
@@ -71,18 +52,6 @@ class BatchOutcome:
     settled: set[str] = field(default_factory=set)
     # Applied (now or before) or recorded as a dead letter: no longer in flight.
     done: list[str] = field(default_factory=list)
-
-
-def _parse(delta: IncomingDelta) -> tuple[str, str, int]:
-    try:
-        delta_id, key, amount = delta.args
-        uuid.UUID(str(delta_id))
-    except (TypeError, ValueError) as exc:
-        raise InvalidCounter(f"malformed delta {delta.args!r}") from exc
-    _, data_class = key_validate(key=key)
-    if data_class != DURABLE:
-        raise InvalidCounter(f"{key} is not a durable counter")
-    return str(delta_id), key, amount_validate(amount=amount)
 
 
 def counters_add(*, cursor, deltas) -> list[tuple[str, int, int]]:
@@ -175,54 +144,6 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
         except Exception as exc:  # reconcile forgets them later, finding them in the ledger
             logger.warning("could not forget %d done deltas: %r", len(outcome.done), exc)
     return outcome
-
-
-Parsed = tuple[str, str, int]  # (delta id, key, amount)
-
-
-@dataclass
-class Partition:
-    """A batch sorted by what must happen to each of its messages (``deltas_partition``)."""
-
-    # Over the delivery limit, but the ledger has it: applied before its worker died (after the
-    # commit, before the acknowledgement). Nothing to do but acknowledge.
-    done: list[IncomingDelta] = field(default_factory=list)
-    over_limit: list[IncomingDelta] = field(default_factory=list)  # dead-letter: worker lost
-    malformed: list[tuple[IncomingDelta, str]] = field(default_factory=list)  # dead-letter
-    # Applied in this order: every first delivery together, then each redelivered one alone (it
-    # was in a batch whose worker died: a poison delta can then only take itself down).
-    groups: list[list[tuple[IncomingDelta, Parsed]]] = field(default_factory=list)
-    # Of a redelivered envelope, not in the ledger: published again one message each, so that
-    # each has its own delivery count and a poison delta takes only itself down.
-    explode: list[tuple[IncomingDelta, Parsed]] = field(default_factory=list)
-
-
-def deltas_partition(
-    *, deltas: list[IncomingDelta], max_deliveries: int, applied: set[str]
-) -> Partition:
-    """Sort a batch (no I/O). ``applied``: the delta ids of the batch the ledger already holds."""
-    partition = Partition()
-    fresh = []
-    for delta in deltas:
-        if delta.args and str(delta.args[0]) in applied:
-            partition.done.append(delta)
-        elif delta.deliveries > max_deliveries:
-            partition.over_limit.append(delta)
-        else:
-            try:
-                parsed = _parse(delta)
-            except InvalidCounter as exc:
-                partition.malformed.append((delta, f"InvalidCounter: {exc}"))
-                continue
-            if delta.deliveries == 1:
-                fresh.append((delta, parsed))
-            elif delta.envelope_id:
-                partition.explode.append((delta, parsed))
-            else:
-                partition.groups.append([(delta, parsed)])
-    if fresh:
-        partition.groups.insert(0, fresh)
-    return partition
 
 
 def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:

@@ -1,8 +1,9 @@
-"""The batch partition (counters/services/apply.py): a pure function, so tested without servers."""
+"""The batch partition and envelope unpacking (counters/services/partition.py): pure functions,
+so tested without servers."""
 
 import uuid
 
-from counters.services.apply import IncomingDelta, deltas_partition
+from counters.services.partition import IncomingDelta, deltas_partition, envelope_unpack
 
 
 def delta(*, key="article_views:a", amount=1, deliveries=1, args=None) -> IncomingDelta:
@@ -76,3 +77,21 @@ def test_a_redelivered_envelope_explodes_except_what_the_ledger_holds():
     assert [d for d, _ in partition.explode] == [again]
     assert partition.done == [applied_before]
     assert [[d for d, _ in group] for group in partition.groups] == [[fresh, single]]
+
+
+def test_an_envelope_unpacks_into_deltas_under_their_own_ids_malformed_items_alone():
+    good = [str(uuid.uuid4()), "article_views:a", 2, 1700000000.5]
+    deltas = envelope_unpack(
+        envelope_id="env", items=[good, 42, ["short"]], deliveries=2, retries=0
+    )
+    assert [(d.message_id, d.args, d.envelope_id, d.deliveries) for d in deltas] == [
+        (good[0], good[:3], "env", 2),
+        ("env#1", [42], "env", 2),
+        ("env#2", [["short"]], "env", 2),
+    ]
+    assert deltas[0].published_at == 1700000000.5 and deltas[0].delivered_as == "env"
+    partition = deltas_partition(deltas=deltas, max_deliveries=5, applied=set())
+    assert [d.message_id for d, _ in partition.malformed] == ["env#1", "env#2"]
+    assert [d for d, _ in partition.explode] == [deltas[0]]
+    (single,) = envelope_unpack(envelope_id="env2", items="not a list", deliveries=1, retries=0)
+    assert single.args == ["not a list"]

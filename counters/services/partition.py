@@ -1,0 +1,119 @@
+"""The batch partition and the unpacking of envelopes: pure functions (no I/O), so tested without
+servers (tests/counters/test_partition.py). The apply path (apply.py) does what they decide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from ..keys import InvalidCounter, amount_validate, key_validate
+from .common import DURABLE
+
+
+@dataclass
+class IncomingDelta:
+    """One delta as the batch task received it: a message of its own, or one of an envelope's
+    (``envelope_id``: the message; ``message_id``: the delta's own id, as a single's would be)."""
+
+    message_id: str
+    args: list
+    retries: int = 0
+    deliveries: int = 1
+    published_at: float | None = None
+    envelope_id: str | None = None
+
+    @property
+    def delivered_as(self) -> str:
+        """The id of the message that brought it (what the broker counts deliveries of)."""
+        return self.envelope_id or self.message_id
+
+
+def _parse(delta: IncomingDelta) -> tuple[str, str, int]:
+    try:
+        delta_id, key, amount = delta.args
+        uuid.UUID(str(delta_id))
+    except (TypeError, ValueError) as exc:
+        raise InvalidCounter(f"malformed delta {delta.args!r}") from exc
+    _, data_class = key_validate(key=key)
+    if data_class != DURABLE:
+        raise InvalidCounter(f"{key} is not a durable counter")
+    return str(delta_id), key, amount_validate(amount=amount)
+
+
+Parsed = tuple[str, str, int]  # (delta id, key, amount)
+
+
+@dataclass
+class Partition:
+    """A batch sorted by what must happen to each of its messages (``deltas_partition``)."""
+
+    # Over the delivery limit, but the ledger has it: applied before its worker died (after the
+    # commit, before the acknowledgement). Nothing to do but acknowledge.
+    done: list[IncomingDelta] = field(default_factory=list)
+    over_limit: list[IncomingDelta] = field(default_factory=list)  # dead-letter: worker lost
+    malformed: list[tuple[IncomingDelta, str]] = field(default_factory=list)  # dead-letter
+    # Applied in this order: every first delivery together, then each redelivered one alone (it
+    # was in a batch whose worker died: a poison delta can then only take itself down).
+    groups: list[list[tuple[IncomingDelta, Parsed]]] = field(default_factory=list)
+    # Of a redelivered envelope, not in the ledger: published again one message each, so that
+    # each has its own delivery count and a poison delta takes only itself down.
+    explode: list[tuple[IncomingDelta, Parsed]] = field(default_factory=list)
+
+
+def deltas_partition(
+    *, deltas: list[IncomingDelta], max_deliveries: int, applied: set[str]
+) -> Partition:
+    """Sort a batch (no I/O). ``applied``: the delta ids of the batch the ledger already holds."""
+    partition = Partition()
+    fresh = []
+    for delta in deltas:
+        if delta.args and str(delta.args[0]) in applied:
+            partition.done.append(delta)
+        elif delta.deliveries > max_deliveries:
+            partition.over_limit.append(delta)
+        else:
+            try:
+                parsed = _parse(delta)
+            except InvalidCounter as exc:
+                partition.malformed.append((delta, f"InvalidCounter: {exc}"))
+                continue
+            if delta.deliveries == 1:
+                fresh.append((delta, parsed))
+            elif delta.envelope_id:
+                partition.explode.append((delta, parsed))
+            else:
+                partition.groups.append([(delta, parsed)])
+    if fresh:
+        partition.groups.insert(0, fresh)
+    return partition
+
+
+def float_or_none(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def envelope_unpack(
+    *, envelope_id: str, items, deliveries: int, retries: int
+) -> list[IncomingDelta]:
+    """An envelope's deltas, each under its own id; a malformed item (or envelope) becomes a
+    malformed delta of its own, dead-lettered alone."""
+    if not isinstance(items, list) or not items:
+        items = [items]
+    deltas = []
+    for index, item in enumerate(items):
+        ok = isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+        deltas.append(
+            IncomingDelta(
+                message_id=item[0] if ok else f"{envelope_id}#{index}",
+                args=item[:3] if ok else [item],
+                retries=retries,
+                deliveries=deliveries,
+                published_at=float_or_none(item[3]) if ok else None,
+                envelope_id=envelope_id,
+            )
+        )
+    return deltas
