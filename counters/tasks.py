@@ -6,7 +6,7 @@ from celery import shared_task
 from celery_batches import SimpleRequest
 from django.conf import settings
 
-from tasks.batches import OutcomeBatches, int_or_zero
+from tasks.batches import ALONE_KWARG, OutcomeBatches, int_or_zero
 from tasks.envelopes import ENVELOPE_KWARG
 
 from .services import (
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
     name=APPLY_TASK,
     flush_every=settings.COUNTER_BATCH_SIZE,
     flush_interval=settings.COUNTER_BATCH_INTERVAL_MS / 1000,
+    max_items=settings.COUNTER_BATCH_SIZE,
 )
 def apply_deltas(requests: list[SimpleRequest]) -> dict:
     deltas: list[IncomingDelta] = []
@@ -58,15 +59,19 @@ def apply_deltas(requests: list[SimpleRequest]) -> dict:
                 retries=retries,
                 deliveries=deliveries,
                 published_at=float_or_none(kwargs.get("published_at")),
+                alone=bool(kwargs.get(ALONE_KWARG)),
             )
         )
     outcome = delta_batch_apply(deltas=deltas)
+    singles = {r.id for r in requests} - set(enveloped)
     requeue = set(outcome.requeue)
     return {
-        "reject": outcome.reject,
+        # By message: a delta id that is also a single's id (a duplicate copy) only concerns it.
+        "reject": [i for i in outcome.reject if i in singles],
         # An envelope is given back whole if any of its deltas must be (the ledger absorbs the
         # copies of those already applied); otherwise it is acknowledged.
-        "requeue": [*outcome.requeue, *(e for e, ids in enveloped.items() if requeue & set(ids))],
+        "requeue": [i for i in outcome.requeue if i in singles]
+        + [e for e, ids in enveloped.items() if requeue & set(ids)],
     }
 
 

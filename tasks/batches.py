@@ -11,6 +11,10 @@ from celery_batches.trace import apply_batches_task
 
 from .envelopes import ENVELOPE_KWARG
 
+# A message whose sender asks that it run in a pool job of its own, like a redelivered one: an
+# item of an envelope whose worker died, published again alone (counters/services/apply.py).
+ALONE_KWARG = "alone"
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,8 +62,24 @@ class OutcomeBatches(Batches):
         # A redelivered message was in a batch whose process died: it runs in a pool job of its
         # own, so a poison delta can only take itself down and everything else gets acknowledged.
         fresh = [r for r in requests if not redelivered(r)]
-        groups = ([fresh] if fresh else []) + [[r] for r in requests if redelivered(r)]
+        groups = self._by_items(fresh) + [[r] for r in requests if redelivered(r)]
         return [self._flush_group(group) for group in groups]
+
+    def _by_items(self, requests) -> list[list]:
+        """Fresh messages in groups of at most ``max_items`` items (an envelope counts its
+        items), each group one pool job: ``flush_every`` counts messages, and a batch of full
+        envelopes would otherwise be one transaction of many thousands of deltas."""
+        limit = getattr(self, "max_items", None)
+        groups: list[list] = []
+        size = 0
+        for request in requests:
+            items = _items([request])
+            if not groups or (limit and size + items > limit):
+                groups.append([])
+                size = 0
+            groups[-1].append(request)
+            size += items
+        return groups
 
     def _flush_group(self, requests):
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
@@ -82,10 +102,11 @@ class OutcomeBatches(Batches):
         def on_return(outcome) -> None:
             if outcome:
                 reject, requeue = set(outcome.get("reject", ())), set(outcome.get("requeue", ()))
+                ids = [r.id for r in requests]
                 result = {
-                    "done": len(requests) - len(reject) - len(requeue),
-                    "dead_lettered": len(reject),
-                    "given_back": len(requeue),
+                    "done": sum(1 for i in ids if i not in reject and i not in requeue),
+                    "dead_lettered": sum(1 for i in ids if i in reject),
+                    "given_back": sum(1 for i in ids if i in requeue and i not in reject),
                 }
                 runtime = time.monotonic() - started
                 self._event("task-succeeded", uuid=batch_id, result=repr(result), runtime=runtime)
@@ -140,6 +161,8 @@ def int_or_zero(value) -> int:
 
 
 def redelivered(request) -> bool:
+    """Seen before (a batch whose process died), or marked to run alone (``ALONE_KWARG``)."""
     delivery_info = request.delivery_info or {}
     count = int_or_zero(request.request_dict.get("x-delivery-count"))
-    return bool(delivery_info.get("redelivered") or count)
+    kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+    return bool(delivery_info.get("redelivered") or count or kwargs.get(ALONE_KWARG))

@@ -74,24 +74,25 @@ class EnvelopePublisher:
                     self._ready.wait()
                 taken, self._pending = self._pending[:MAX_ITEMS], self._pending[MAX_ITEMS:]
             # A caller that gave up before its item was taken is not published.
-            live = [
-                (item, future) for item, future in taken if future.set_running_or_notify_cancel()
-            ]
-            if not live:
-                continue
-            envelope_id = str(uuid.uuid4())
-            try:
-                self._send(envelope_id, [item for item, _ in live])
-            except BaseException as exc:
-                logger.error(
-                    "envelope %s of %d items NOT confirmed: %r", envelope_id, len(live), exc
-                )
-                for _, future in live:
-                    future.set_exception(EnvelopeNotConfirmed(str(exc)))
-                continue
-            metrics.envelope_size.observe(len(live))
+            live = [(i, f) for i, f in taken if f.set_running_or_notify_cancel()]
+            if live:
+                self._publish(live)
+
+    def _publish(self, live: list[tuple[list, Future]]) -> None:
+        envelope_id = str(uuid.uuid4())
+        try:
+            self._send(envelope_id, [item for item, _ in live])
+        except BaseException as exc:  # this thread must outlive any failure: it serves them all
+            logger.error("envelope %s (%d items) NOT confirmed: %r", envelope_id, len(live), exc)
             for _, future in live:
-                future.set_result(None)
+                future.set_exception(EnvelopeNotConfirmed(str(exc)))
+            return
+        for _, future in live:
+            future.set_result(None)
+        try:
+            metrics.envelope_size.observe(len(live))
+        except Exception:  # noqa: S110 (a metric never fails a publish)
+            pass
 
 
 _publishers: dict[tuple, EnvelopePublisher] = {}

@@ -162,6 +162,10 @@ def _batch_apply(deltas: list[IncomingDelta], outcome: BatchOutcome) -> None:
     for delta, error in partition.malformed:
         _dead_letter(delta, DeadLetter.Reason.PERMANENT_ERROR, error, "", outcome)
     for delta, (delta_id, key, amount) in partition.explode:
+        if outcome.requeue:  # the broker refuses publishes: the envelope goes back anyway
+            outcome.settled.add(delta.message_id)
+            outcome.requeue.append(delta.message_id)
+            continue
         _publish_alone(delta, delta_id=delta_id, key=key, amount=amount, outcome=outcome)
     _apply_groups(partition.groups, outcome)
 
@@ -263,7 +267,7 @@ def _publish_alone(
     outcome.settled.add(delta.message_id)
     try:
         delta_publish_single(
-            delta_id=delta_id, key=key, amount=amount, published_at=delta.published_at
+            delta_id=delta_id, key=key, amount=amount, published_at=delta.published_at, alone=True
         )
     except Exception:
         outcome.requeue.append(delta.message_id)

@@ -22,6 +22,9 @@ class IncomingDelta:
     deliveries: int = 1
     published_at: float | None = None
     envelope_id: str | None = None
+    # Published alone out of an envelope that came back (its worker died): applied in a group of
+    # its own from its first delivery, so a delta that kills its worker takes only itself down.
+    alone: bool = False
 
     @property
     def delivered_as(self) -> str:
@@ -70,7 +73,9 @@ def deltas_partition(
     for delta in deltas:
         if delta.args and str(delta.args[0]) in applied:
             partition.done.append(delta)
-        elif delta.deliveries > max_deliveries:
+        elif delta.deliveries > max_deliveries and not delta.envelope_id:
+            # An envelope that comes back is never run (its deltas go alone), so only a delta's
+            # own deliveries count towards its limit.
             partition.over_limit.append(delta)
         else:
             try:
@@ -78,7 +83,7 @@ def deltas_partition(
             except InvalidCounter as exc:
                 partition.malformed.append((delta, f"InvalidCounter: {exc}"))
                 continue
-            if delta.deliveries == 1:
+            if delta.deliveries == 1 and not delta.alone:
                 fresh.append((delta, parsed))
             elif delta.envelope_id:
                 partition.explode.append((delta, parsed))
@@ -92,7 +97,7 @@ def deltas_partition(
 def float_or_none(value) -> float | None:
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # whatever a message carries
         return None
 
 
@@ -105,10 +110,11 @@ def envelope_unpack(
         items = [items]
     deltas = []
     for index, item in enumerate(items):
-        ok = isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+        ok = isinstance(item, list) and len(item) == 4 and _is_uuid(item[0])
         deltas.append(
             IncomingDelta(
-                message_id=item[0] if ok else f"{envelope_id}#{index}",
+                # Short enough for a dead letter's id, whatever the message's id is.
+                message_id=item[0] if ok else f"{str(envelope_id)[:40]}#{index}",
                 args=item[:3] if ok else [item],
                 retries=retries,
                 deliveries=deliveries,
@@ -117,3 +123,11 @@ def envelope_unpack(
             )
         )
     return deltas
+
+
+def _is_uuid(value) -> bool:
+    try:
+        uuid.UUID(value)
+        return isinstance(value, str)
+    except (TypeError, ValueError, AttributeError):
+        return False

@@ -10,6 +10,7 @@ import time
 from django.conf import settings
 
 from tasks.app import app
+from tasks.batches import ALONE_KWARG
 from tasks.broker import broker_kind
 from tasks.envelopes import ENVELOPE_KWARG, envelope_publisher_for
 from tasks.inflight import inflight_record, inflight_record_many
@@ -116,12 +117,16 @@ def delta_publish_single(
     countdown: float | None = None,
     retries: int = 0,
     published_at: float | None = None,
+    alone: bool = False,
 ) -> None:
     """Publish one delta as a message of its own (its id the message id) and wait for the
-    broker's confirmation; CounterUnavailable if none."""
+    broker's confirmation; CounterUnavailable if none. ``alone``: out of an envelope that came
+    back, so the worker runs it in a batch of its own (``ALONE_KWARG``, tasks/batches.py)."""
     try:
         _publish_twice_fault(delta_id=delta_id, key=key, amount=amount)
         kwargs = {"published_at": published_at or time.time()}
+        if alone:
+            kwargs[ALONE_KWARG] = True
         if retries == 0 and broker_kind(app) == "redis":
             # Before the push, so no pushed delta lacks its record (tasks/inflight.py).
             inflight_record(

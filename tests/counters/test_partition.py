@@ -95,3 +95,17 @@ def test_an_envelope_unpacks_into_deltas_under_their_own_ids_malformed_items_alo
     assert [d for d, _ in partition.explode] == [deltas[0]]
     (single,) = envelope_unpack(envelope_id="env2", items="not a list", deliveries=1, retries=0)
     assert single.args == ["not a list"]
+
+
+def test_an_envelope_over_the_limit_still_goes_alone_and_an_exploded_delta_runs_alone():
+    """An envelope that comes back is never run, so its deliveries do not dead-letter its deltas;
+    a delta published alone out of it is applied in a group of its own from its first delivery."""
+    enveloped, exploded, fresh = delta(deliveries=9), delta(), delta()
+    enveloped.envelope_id = str(uuid.uuid4())
+    exploded.alone = True
+    partition = deltas_partition(
+        deltas=[enveloped, exploded, fresh], max_deliveries=5, applied=set()
+    )
+    assert partition.over_limit == []
+    assert [d for d, _ in partition.explode] == [enveloped]
+    assert [[d for d, _ in group] for group in partition.groups] == [[fresh], [exploded]]
