@@ -91,10 +91,13 @@ class Run:
     def prove_redelivered(self, why: str) -> None:
         """After the run: that copies of deltas reached the ledger in a later transaction than
         the first (the sum of K over the counters workers' lines ``batch committed: N deltas, M
-        new, K already applied, C counters``)."""
+        new, K already applied, C counters``, and of D in ``redelivered: D deltas found in the
+        ledger``: a redelivered envelope's deltas are looked up before anything runs)."""
 
         def check(verdict: Verdict) -> None:
             found = self.log_matches(r"batch committed: \d+ deltas, \d+ new, (\d+) already applied")
+            # A redelivered envelope is not run: the ledger lookup before it finds them applied.
+            found += self.log_matches(r"redelivered: (\d+) deltas found in the ledger")
             k = sum(int(n) for n in found)
             what = f"{k} deltas reached the ledger again in a later transaction ({why})"
             self.prove(k > 0, what if found else "no 'K already applied' in the worker logs")
