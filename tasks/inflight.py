@@ -33,10 +33,7 @@ def _client(app):
 
 
 def inflight_record(*, app, queue: str, message_id: str, payload: dict, now: float) -> None:
-    with _client(app) as conn:
-        conn.default_channel.client.hset(
-            _key(queue), message_id, json.dumps({**payload, "recorded_at": now})
-        )
+    inflight_record_many(app=app, queue=queue, records={message_id: payload}, now=now)
 
 
 def inflight_record_many(*, app, queue: str, records: dict[str, dict], now: float) -> None:

@@ -101,12 +101,7 @@ def _send(envelope_id: str, items: list[list]) -> None:
             },
             now=time.time(),
         )
-    elif settings.COUNTER_GROUP_COMMIT:
-        publisher_for(
-            app=app, queue_name=COUNTERS_QUEUE, timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S
-        ).publish(name=APPLY_TASK, task_id=envelope_id, args=[], kwargs=kwargs)
-        return
-    _send_task(task_id=envelope_id, args=[], kwargs=kwargs, countdown=None, retries=0)
+    _publish(task_id=envelope_id, args=[], kwargs=kwargs)
 
 
 def delta_publish_single(
@@ -136,19 +131,7 @@ def delta_publish_single(
                 payload={"key": key, "amount": amount, **kwargs},
                 now=time.time(),
             )
-        if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
-            # Shares confirms with the process's other requests (tasks/publisher.py).
-            publisher_for(
-                app=app, queue_name=COUNTERS_QUEUE, timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S
-            ).publish(
-                name=APPLY_TASK,
-                task_id=delta_id,
-                args=[delta_id, key, amount],
-                kwargs=kwargs,
-                retries=retries,
-            )
-            return
-        _send_task(
+        _publish(
             task_id=delta_id,
             args=[delta_id, key, amount],
             kwargs=kwargs,
@@ -159,7 +142,16 @@ def delta_publish_single(
         _not_published(delta_id=delta_id, key=key, amount=amount, exc=exc)
 
 
-def _send_task(*, task_id: str, args: list, kwargs: dict, countdown, retries: int) -> None:
+def _publish(
+    *, task_id: str, args: list, kwargs: dict, countdown: float | None = None, retries: int = 0
+) -> None:
+    """One ``counters.apply_deltas`` message, returning once the broker confirmed it."""
+    if countdown is None and settings.COUNTER_GROUP_COMMIT and broker_kind(app) == "amqp":
+        # Shares confirms with the process's other publishes (tasks/publisher.py).
+        publisher_for(
+            app=app, queue_name=COUNTERS_QUEUE, timeout_s=settings.COUNTER_PUBLISH_TIMEOUT_S
+        ).publish(name=APPLY_TASK, task_id=task_id, args=args, kwargs=kwargs, retries=retries)
+        return
     app.send_task(
         APPLY_TASK,
         args=args,
