@@ -257,8 +257,7 @@ def cpu_seconds() -> dict[str, float]:
     return totals
 
 
-def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
-    from django.core.management import call_command
+def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker: str) -> dict:
     from django_redis import get_redis_connection
 
     from bench import lossy
@@ -291,7 +290,13 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
     metrics_dir.mkdir(exist_ok=True)
     web, base = gunicorn("web", {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     web_single, base_single = gunicorn("web-one-message-per-delta", {"COUNTER_ENVELOPES": "false"})
+    web_request_bump, base_request_bump = gunicorn(
+        "web-request-bump", {"COUNTER_ENVELOPE_BUMP": "false"}
+    )
+    on_redis = {"CELERY_BROKER_URL": redis_broker}
+    web_redis, base_redis = gunicorn("web-redis-broker", on_redis)
     worker = counters_worker(env, tmp, "http-apply")
+    worker_redis = counters_worker({**env, **on_redis}, tmp, "http-apply-redis")
     Counter.objects.update_or_create(key="article_views:naive", defaults={"value": 0})
     # The lossy case counts from zero, warm-up included (its flusher has no drain to wait for).
     Counter.objects.update_or_create(key="article_views:lossy", defaults={"value": 0})
@@ -303,24 +308,30 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
     cases = {
         "ours": f"{base}/api/counters/article_views:hot/incr",
         "ours_one_message_per_delta": f"{base_single}/api/counters/article_views:hot/incr",
+        "ours_request_bump": f"{base_request_bump}/api/counters/article_views:hot/incr",
+        "ours_redis_broker": f"{base_redis}/api/counters/article_views:hot-redis/incr",
         "lossy": f"{base}/bench/lossy/article_views:lossy/incr",
         "naive": f"{base}/bench/naive/article_views:naive/incr",
         "no_counting": f"{base}/bench/nocount/article_views:none/incr",
     }
-    counted = ("ours", "ours_one_message_per_delta")
+    # The counted cases by the key they count and the broker that carries it.
+    counted = {
+        "ours": ("article_views:hot", None),
+        "ours_one_message_per_delta": ("article_views:hot", None),
+        "ours_request_bump": ("article_views:hot", None),
+        "ours_redis_broker": ("article_views:hot-redis", redis_broker),
+    }
     results: dict[str, list] = {name: [] for name in cases}
-    ok_counted = ok_lossy = 0
+    ok_counted = dict.fromkeys(counted, 0)
+    ok_lossy = 0
     try:
         time.sleep(2)
         for name, url in cases.items():  # warm-up
             warm = wrk(url, 2)
             if name == "lossy":
                 ok_lossy += warm["ok"]
-        call_command("counters", "drain", "--timeout", "120", stdout=open(os.devnull, "w"))
-        start_value = Counter.objects.filter(key="article_views:hot").values_list(
-            "value", flat=True
-        )
-        start_value = start_value[0] if start_value else 0
+        drain_all(redis_broker, timeout=120)
+        start_values = {key: durable_of(key) for key, _ in counted.values()}
         for repeat in range(repeats):
             for name, url in cases.items():  # interleaved: each repeat runs every case once
                 before, cpu_before = pg_commits(), cpu_seconds()
@@ -336,7 +347,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
                 }
                 results[name].append(result)
                 if name in counted:
-                    ok_counted += result["ok"]
+                    ok_counted[name] += result["ok"]
                 if name == "lossy":
                     ok_lossy += result["ok"]
                 say(
@@ -344,15 +355,14 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
                     f"p99 {result['p99_ms']} ms"
                 )
         say("http: draining the queue to check durable == 2xx responses")
-        call_command("counters", "drain", "--timeout", "300", stdout=open(os.devnull, "w"))
-        durable = Counter.objects.get(key="article_views:hot").value - start_value
+        drain_all(redis_broker, timeout=300)
+        durable = {key: durable_of(key) - start for key, start in start_values.items()}
         stop(flusher)  # its last flush on the way out; then anything it left, from here
         lossy.flush()
         durable_lossy = Counter.objects.get(key="article_views:lossy").value
     finally:
-        stop(web)
-        stop(web_single)
-        stop(worker)
+        for process in (web, web_single, web_request_bump, web_redis, worker, worker_redis):
+            stop(process)
         stop(flusher)
     summary = {
         name: {
@@ -369,14 +379,16 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
     }
     # wrk stops with up to one request in flight per connection: the server counts those, wrk
     # does not. So durable may exceed the 2xx count by at most connections x runs, never trail it.
-    slack = 32 * repeats * len(counted)
-    holds = ok_counted <= durable <= ok_counted + slack
-    summary["durable_equals_2xx"] = {
-        "durable": durable,
-        "ok_responses": ok_counted,
-        "cut_off_allowance": slack,
-        "holds": holds,
-    }
+    for key in durable:
+        names = [name for name, (k, _) in counted.items() if k == key]
+        ok = sum(ok_counted[name] for name in names)
+        slack = 32 * repeats * len(names)
+        summary[f"durable_equals_2xx:{key}"] = {
+            "durable": durable[key],
+            "ok_responses": ok,
+            "cut_off_allowance": slack,
+            "holds": ok <= durable[key] <= ok + slack,
+        }
     slack = 32 * (repeats + 1)  # the lossy case's warm-up counts too
     summary["lossy_durable_equals_2xx"] = {
         "durable": durable_lossy,
@@ -391,6 +403,24 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int) -> dict:
         "cpu_ms_per_increment": cpu["ours"] / cpu["lossy"],
     }
     return summary
+
+
+def durable_of(key: str) -> int:
+    from counters.models import Counter
+
+    row = Counter.objects.filter(key=key).first()
+    return row.value if row else 0
+
+
+def drain_all(redis_broker: str, *, timeout: int) -> None:
+    """Drain the counters queue on the HTTP cases' broker, then on the Redis broker."""
+    from django.core.management import call_command
+
+    http_broker = os.environ["CELERY_BROKER_URL"]
+    for broker in dict.fromkeys([http_broker, redis_broker]):
+        use_broker(broker)
+        call_command("counters", "drain", "--timeout", str(timeout), stdout=open(os.devnull, "w"))
+    use_broker(http_broker)
 
 
 def envelope_sizes(metrics_dir: Path) -> dict:
@@ -571,9 +601,9 @@ def apply_through_worker(
             applied = zipf_total() - total
             now = time.monotonic()
             if applied and first is None:
-                first = (now, applied)
+                first, cpu_first = (now, applied), cpu_seconds()
             if applied >= n:
-                last = (now, applied)
+                last, cpu_last = (now, applied), cpu_seconds()
                 break
             time.sleep(0.02)
     finally:
@@ -582,11 +612,17 @@ def apply_through_worker(
         raise RuntimeError(f"worker applied {zipf_total() - total} of {n} deltas in 900 s")
     # None when the whole backlog was applied between two polls (a --quick run's backlog).
     rate = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else None
+    measured = max(last[1] - first[1], 1)
     return {
         "deltas": n,
         "envelope": envelope,
         "deltas_per_s": rate,
         "commits_per_delta": (pg_commits() - commits) / n,
+        # Between the same two samples as the rate: the worker's start-up is not in it.
+        "cpu_ms_per_delta": {
+            kind: max(cpu_last[kind] - cpu_first[kind], 0) * 1000 / measured
+            for kind in ("worker", "rabbitmq", "redis", "postgres")
+        },
     }
 
 
@@ -656,7 +692,15 @@ def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
 # --- report -------------------------------------------------------------------------------------
 
 
-HTTP_CASES = ("ours", "ours_one_message_per_delta", "lossy", "naive", "no_counting")
+HTTP_CASES = (
+    "ours",
+    "ours_request_bump",
+    "ours_one_message_per_delta",
+    "ours_redis_broker",
+    "lossy",
+    "naive",
+    "no_counting",
+)
 
 
 def ratio(a, b) -> str:
@@ -675,7 +719,10 @@ def report(results: dict) -> list[str]:
     if http:
         ours, single = http["ours"], http["ours_one_message_per_delta"]
         naive, none, lossy = http["naive"], http["no_counting"], http["lossy"]
-        cpu_ours, cpu_lossy = (sum(c["cpu_ms_per_request"].values()) for c in (ours, lossy))
+        request_bump, on_redis = http["ours_request_bump"], http["ours_redis_broker"]
+        cpu_ours, cpu_lossy, cpu_redis = (
+            sum(c["cpu_ms_per_request"].values()) for c in (ours, lossy, on_redis)
+        )
         lines += [
             f"| HTTP increments req/s | {ours['rps']:.0f} | naive {naive['rps']:.0f} "
             f"| {ratio(ours['rps'], naive['rps'])} | >= 3x |",
@@ -688,8 +735,16 @@ def report(results: dict) -> list[str]:
             f"{ratio(ours['rps'], single['rps'])} | |",
             f"| HTTP req/s vs the lossy Redis buffer | {ours['rps']:.0f} | lossy "
             f"{lossy['rps']:.0f} | {ratio(ours['rps'], lossy['rps'])} | >= 0.5x (stretch 0.7x) |",
+            f"| HTTP req/s on the Redis broker vs the lossy Redis buffer | "
+            f"{on_redis['rps']:.0f} | lossy {lossy['rps']:.0f} | "
+            f"{ratio(on_redis['rps'], lossy['rps'])} | >= 0.5x (stretch 0.7x) |",
+            f"| HTTP req/s: cache bump per envelope vs per request | {ours['rps']:.0f} | "
+            f"{request_bump['rps']:.0f} (p99 {request_bump['p99_ms']} ms) | "
+            f"{ratio(ours['rps'], request_bump['rps'])} | |",
             f"| CPU ms per increment (whole box) vs the lossy Redis buffer | {cpu_ours:.2f} | "
             f"lossy {cpu_lossy:.2f} | {ratio(cpu_ours, cpu_lossy)} | <= 2x |",
+            f"| CPU ms per increment (whole box), Redis broker vs the lossy Redis buffer | "
+            f"{cpu_redis:.2f} | lossy {cpu_lossy:.2f} | {ratio(cpu_redis, cpu_lossy)} | <= 2x |",
             f"| CPU ms per increment: RabbitMQ, counters worker | "
             f"{ours['cpu_ms_per_request'].get('rabbitmq', 0):.3f}, "
             f"{ours['cpu_ms_per_request'].get('worker', 0):.3f} | | | <= 0.05 each |",
@@ -730,6 +785,13 @@ def report(results: dict) -> list[str]:
                 f"message per delta | {rate(batched)} | {rate(singles)} | "
                 f"{ratio(batched, singles)} | >= 30,000/s |"
             )
+        cpu = runs["batched"].get("cpu_ms_per_delta")
+        if cpu:
+            lines.append(
+                f"| worker apply on {broker}, CPU ms per delta (envelopes of {BACKLOG_ENVELOPE}): "
+                f"counters worker, broker | {cpu['worker']:.3f} | "
+                f"{cpu['rabbitmq' if broker == 'amqp' else 'redis']:.3f} | | <= 0.05 worker |"
+            )
         if "no_ledger" in runs:
             without = runs["no_ledger"]["deltas_per_s"]
             lines.append(
@@ -751,10 +813,8 @@ def report(results: dict) -> list[str]:
             f"{lag_['p50_ms']:.0f} ms, p99 {lag_['p99_ms']:.0f} ms | | | |"
         )
     if http:
-        for label, check_name in (
-            ("ours", "durable_equals_2xx"),
-            ("lossy", "lossy_durable_equals_2xx"),
-        ):
+        checks = [(n.split(":", 1)[1], n) for n in http if n.startswith("durable_equals_2xx:")]
+        for label, check_name in [*checks, ("lossy", "lossy_durable_equals_2xx")]:
             check = http[check_name]
             lines.append(
                 f"| durable count vs 2xx responses, {label} | {check['durable']} | "
@@ -797,6 +857,8 @@ def chart(results: dict, path: Path) -> None:
     case_labels = {
         "ours": "ours\n(group commit)",
         "ours_one_message_per_delta": "ours, one\nmessage per\ndelta",
+        "ours_request_bump": "ours, cache\nbump per\nrequest",
+        "ours_redis_broker": "ours on the\nRedis broker",
         "lossy": "lossy\nRedis buffer",
         "naive": "naive\nUPDATE",
         "no_counting": "no counting",
@@ -804,7 +866,15 @@ def chart(results: dict, path: Path) -> None:
     axes[0].bar(
         [case_labels[n] for n in HTTP_CASES],
         [http[n]["rps"] for n in HTTP_CASES],
-        color=["tab:blue", "tab:cyan", "tab:olive", "tab:red", "tab:gray"],
+        color=[
+            "tab:blue",
+            "tab:purple",
+            "tab:cyan",
+            "tab:green",
+            "tab:olive",
+            "tab:red",
+            "tab:gray",
+        ],
     )
     axes[0].set_title("HTTP increments, requests/s (32 connections)")
     # Where each request's CPU goes: ours against what users would otherwise pick, and no counting.
@@ -878,7 +948,9 @@ def main() -> int:
                 f"2/6 HTTP increments on {http_broker.split(':')[0]}: ours (group commit), ours "
                 f"(one confirm per request), lossy Redis buffer, naive, no counting"
             )
-            results["http"] = http_cases(env, tmp, seconds=seconds, repeats=repeats)
+            results["http"] = http_cases(
+                env, tmp, seconds=seconds, repeats=repeats, redis_broker=redis_broker
+            )
             versus = results["http"]["ours_vs_lossy"]
             say(
                 f"http ours/lossy: {versus['rps']:.2f}x the requests/s, "

@@ -196,7 +196,20 @@ def bump(
     """Record a published delta as pending: the value after it, None if the hash is missing, or
     ASK_LEDGER if the hash was filled after ``since`` (see BUMP)."""
     args = [delta_id, amount, now, "" if since is None else since, mode]
-    result = _script(BUMP)(keys=[hash_key(key)], args=args)
+    return _bumped(_script(BUMP)(keys=[hash_key(key)], args=args))
+
+
+def bump_many(*, bumps: list[tuple[str, str, int, float]], now: float) -> list:
+    """``bump`` for many (key, delta id, amount, since) in one round trip (a pipeline): one
+    result each, as ``bump`` returns it."""
+    script = _script(BUMP)
+    pipe = client().pipeline(transaction=False)
+    for key, delta_id, amount, since in bumps:
+        script(keys=[hash_key(key)], args=[delta_id, amount, now, since, ""], client=pipe)
+    return [_bumped(result) for result in pipe.execute()]
+
+
+def _bumped(result):
     if isinstance(result, list):
         return ASK_LEDGER
     return None if result is None else int(result)

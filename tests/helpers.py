@@ -328,3 +328,26 @@ def publishing_to(broker_url: str):
         else:
             os.environ["CELERY_BROKER_URL"] = previous
         reset()
+
+
+def run_together(calls: list[Callable[[], object]]) -> None:
+    """Run each call in a thread of its own, all released at once (a barrier), and wait for them.
+    Each thread closes its own database connection at the end."""
+    import threading
+
+    from django.db import connection
+
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            start.wait()
+            call()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)

@@ -7,17 +7,18 @@ from __future__ import annotations
 import logging
 import time
 
+import redis.exceptions
 from django.conf import settings
 
 from tasks.app import app
 from tasks.batches import ALONE_KWARG
 from tasks.broker import broker_kind
-from tasks.envelopes import ENVELOPE_KWARG, envelope_publisher_for
+from tasks.envelopes import ENVELOPE_KWARG, NOTHING, envelope_publisher_for
 from tasks.inflight import inflight_record, inflight_record_many
 from tasks.outbox import OutboxItem
 from tasks.publisher import publisher_for
 
-from .. import metrics
+from .. import cache, metrics
 from ..faults import fault_point
 from .common import APPLY_TASK, COUNTERS_QUEUE
 
@@ -59,12 +60,18 @@ def delta_publish(
     countdown: float | None = None,
     retries: int = 0,
     published_at: float | None = None,
-) -> None:
+    bump_since: float | None = None,
+) -> object:
     """Publish one delta and wait for the broker's confirmation; CounterUnavailable if none.
 
     A fresh delta (first attempt, no countdown) travels in an envelope with this process's other
     concurrent deltas (tasks/envelopes.py; ``COUNTER_ENVELOPES``); a retry, a re-publish and an
-    exploded envelope's delta go alone (``delta_publish_single``)."""
+    exploded envelope's delta go alone (``delta_publish_single``).
+
+    ``bump_since`` (a request's increment, see ``cache.bump``): with ``COUNTER_ENVELOPE_BUMP`` the
+    envelope's thread records the delta as pending in the cache after the confirm, one pipeline
+    for the whole envelope, and this returns ``cache.bump``'s result; otherwise, or if that
+    failed, ``NOTHING`` (the caller bumps); the RedisError itself if the cache failed it."""
     if countdown is not None or retries or not settings.COUNTER_ENVELOPES:
         delta_publish_single(
             delta_id=delta_id,
@@ -74,16 +81,50 @@ def delta_publish(
             retries=retries,
             published_at=published_at,
         )
-        return
+        return NOTHING
     try:
         _publish_twice_fault(delta_id=delta_id, key=key, amount=amount)
-        publisher = envelope_publisher_for(key=(app.conf.broker_url, COUNTERS_QUEUE), send=_send)
+        publisher = envelope_publisher_for(
+            key=(app.conf.broker_url, COUNTERS_QUEUE), send=_send, after_confirm=_bump_confirmed
+        )
         # As long as a single publish may take (a timed-out attempt and one more), so an
         # increment still answers within the bound docs/settings.md gives.
         timeout_s = settings.COUNTER_PUBLISH_TIMEOUT_S * 2 + 1
-        publisher.publish([delta_id, key, amount, published_at or time.time()], timeout_s=timeout_s)
+        return publisher.publish(
+            [delta_id, key, amount, published_at or time.time()],
+            timeout_s=timeout_s,
+            context=bump_since if settings.COUNTER_ENVELOPE_BUMP else None,
+        )
     except Exception as exc:  # any publish failure means "not counted"
         _not_published(delta_id=delta_id, key=key, amount=amount, exc=exc)
+
+
+def _bump_confirmed(entries: list[tuple[list, float | None]]) -> list:
+    """After an envelope's confirm, in its thread: record as pending in the cache, in one
+    pipeline, the deltas whose callers asked (their ``bump_since``). A key a test hooks
+    ``before_bump`` on is left to its request, where the hook runs."""
+    keys = {item[1] for item, since in entries if since is not None}
+    fault_point("kill_after_publish", keys=keys)  # the same place as on the request's path
+    hooked = set(settings.COUNTER_FAULTS.get("before_bump", ()))
+    wanted = [
+        (index, item, since)
+        for index, (item, since) in enumerate(entries)
+        if since is not None and item[1] not in hooked
+    ]
+    results = [NOTHING] * len(entries)
+    if wanted:
+        try:
+            bumped = cache.bump_many(
+                bumps=[(item[1], item[0], item[2], since) for _, item, since in wanted],
+                now=time.time(),
+            )
+        except redis.exceptions.RedisError as exc:
+            # Each caller takes the cache-down path at once, as if its own bump had failed (not
+            # a second wait on the same unreachable cache).
+            bumped = [exc] * len(wanted)
+        for (index, _, _), result in zip(wanted, bumped, strict=True):
+            results[index] = result
+    return results
 
 
 def _send(envelope_id: str, items: list[list]) -> None:
@@ -140,6 +181,7 @@ def delta_publish_single(
         )
     except Exception as exc:  # any publish failure means "not counted"
         _not_published(delta_id=delta_id, key=key, amount=amount, exc=exc)
+    return NOTHING
 
 
 def _publish(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis.exceptions
 from django.db import connection
 
+from tasks.envelopes import NOTHING
 from tasks.outbox import outbox_enqueue
 
 from .. import cache, metrics
@@ -68,20 +69,27 @@ def _durable_incr(*, key: str, amount: int) -> Increment:
     delta_id = str(uuid.uuid4())
     # A hash filled after this (less a margin for clocks of other hosts) may hold the delta.
     since = time.time() - cache.FILL_GRACE_S
+    bumped = NOTHING
     try:
-        delta_publish(delta_id=delta_id, key=key, amount=amount)
+        bumped = delta_publish(delta_id=delta_id, key=key, amount=amount, bump_since=since)
     except CounterUnavailable as exc:
         exc.delta_id = delta_id
         if _delta_cancel(delta_id=delta_id, key=key):
             raise
         exc.counted = True  # applied already: the confirm was lost, the delta was not
         logger.warning("delta %s was applied although its confirm failed", delta_id)
-    fault_point("kill_after_publish", keys={key})
     metrics.increments.labels(namespace=key.split(":", 1)[0]).inc()
     # The delta is durable from here on; Redis only makes it visible sooner.
     try:
-        fault_point("before_bump", keys={key}, delta_id=delta_id)
-        value = cache.bump(key=key, delta_id=delta_id, amount=amount, now=time.time(), since=since)
+        if bumped is NOTHING:  # not bumped with its envelope (publish.py: _bump_confirmed)
+            fault_point("kill_after_publish", keys={key})
+            fault_point("before_bump", keys={key}, delta_id=delta_id)
+            bumped = cache.bump(
+                key=key, delta_id=delta_id, amount=amount, now=time.time(), since=since
+            )
+        if isinstance(bumped, redis.exceptions.RedisError):
+            raise bumped  # the envelope's cache update failed: the cache-down path below
+        value = bumped
         if value is None or value is cache.ASK_LEDGER:
             value = _bump_after_fill(key=key, delta_id=delta_id, amount=amount, fill=value is None)
         logger.debug("delta %s %s %+d published, value %s", delta_id, key, amount, value)

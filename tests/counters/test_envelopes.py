@@ -19,7 +19,7 @@ from tasks.app import app
 from tasks.envelopes import ENVELOPE_KWARG
 from tasks.models import DeadLetter
 
-from ..helpers import counters_worker, held_after_stop, read_queue, wait_for
+from ..helpers import counters_worker, held_after_stop, read_queue, run_together, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,6 +66,54 @@ def test_concurrent_increments_share_envelopes_and_each_is_applied_once(worker):
     assert AppliedDelta.objects.filter(key=key).count() == 400 == len(set(ids))
     assert services.counter_get(key=key).value == 400
     assert not DeadLetter.objects.exists()
+
+
+@pytest.mark.parametrize("envelope_bump", [True, False], ids=["envelope-bump", "request-bump"])
+def test_each_increment_answers_with_its_own_value_when_its_envelope_bumps_the_cache(
+    worker, cache_redis, settings, envelope_bump
+):
+    """Sixteen increments released together on sixteen fresh keys, amounts 1..16: they share
+    envelopes, and with COUNTER_ENVELOPE_BUMP the envelope's thread records them in the cache in one
+    pipeline. Each caller must get its own key's value back, and each hash hold its own delta
+    as pending until it is applied."""
+    from counters import cache
+
+    settings.COUNTER_ENVELOPE_BUMP = envelope_bump
+    run = uuid.uuid4().hex[:8]
+    keys = [f"article_views:bump-{run}-{n}" for n in range(1, 17)]
+    for key in keys:
+        services.counter_get(key=key)  # the hashes exist: the bump records, no refill,
+        cache_redis.hset(cache.hash_key(key), "filled_at", 0)  # and none within FILL_GRACE_S
+    values = {}
+
+    def client(key: str, amount: int) -> None:
+        values[key] = services.counter_incr(key=key, amount=amount).value
+
+    run_together([lambda k=k, n=n: client(k, n) for n, k in enumerate(keys, 1)])
+    assert values == {key: n for n, key in enumerate(keys, 1)}
+    for n, key in enumerate(keys, 1):
+        reading = cache.read_many(keys=[key])[key]
+        assert reading is not None and reading.value == n  # durable + pending: its own delta
+    wait_for(lambda: all(durable(k) == n for n, k in enumerate(keys, 1)), what="all applied")
+    assert {k: services.counter_get(key=k).value for k in keys} == values
+
+
+def test_with_the_cache_unreachable_each_increment_is_counted_and_answered_from_postgresql(
+    worker, settings
+):
+    """The envelope's cache update fails (connection refused): every caller is still counted
+    (its delta is confirmed) and answered with the durable value plus its own amount."""
+    from project.devservers import free_port
+
+    key = f"article_views:nocache-{uuid.uuid4().hex[:8]}"
+    cache_settings = {**settings.CACHES["default"]}
+    cache_settings["LOCATION"] = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CACHES = {**settings.CACHES, "default": cache_settings}
+    values = []
+    run_together([lambda: values.append(services.counter_incr(key=key, amount=2).value)] * 8)
+    assert len(values) == 8 and all(v is not None and v >= 2 and v % 2 == 0 for v in values)
+    wait_for(lambda: durable(key) == 16, what="all eight applied")
+    assert AppliedDelta.objects.filter(key=key).count() == 8
 
 
 def test_a_poison_delta_is_dead_lettered_alone_and_its_envelope_mates_applied(
