@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -23,8 +24,25 @@ def broker_kind(app) -> str:
 
 
 def rabbitmq_api(path: str, *, method: str = "GET", body: dict | None = None):
-    """Call RabbitMQ's management HTTP API; the decoded JSON answer (None if it has no body)."""
-    base = urllib.parse.urlsplit(settings.RABBITMQ_MANAGEMENT_URL)
+    """Call RabbitMQ's management HTTP API; the decoded JSON answer (None if it has no body).
+
+    ``RABBITMQ_MANAGEMENT_URL`` may list several nodes of a cluster, comma-separated: each is
+    asked in turn until one answers (any node serves the whole cluster's figures), so the
+    operations page and ``counters drain`` outlive the loss of a node."""
+    urls = [u.strip() for u in settings.RABBITMQ_MANAGEMENT_URL.split(",") if u.strip()]
+    for index, url in enumerate(urls):
+        try:
+            return _management_call(url, path, method=method, body=body)
+        except urllib.error.HTTPError:
+            raise  # the node answered: its answer stands
+        except OSError:  # refused, timed out, unreachable: the next node
+            if index == len(urls) - 1:
+                raise
+    raise ValueError("RABBITMQ_MANAGEMENT_URL is empty")
+
+
+def _management_call(url: str, path: str, *, method: str, body: dict | None):
+    base = urllib.parse.urlsplit(url)
     if base.scheme not in ("http", "https"):
         raise ValueError("RABBITMQ_MANAGEMENT_URL must be an http(s) URL")
     request = urllib.request.Request(  # noqa: S310 (scheme checked above)
@@ -36,7 +54,8 @@ def rabbitmq_api(path: str, *, method: str = "GET", body: dict | None = None):
     if base.username:
         token = base64.b64encode(f"{base.username}:{base.password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+    # Shorter than a frozen node would take, so the next node is asked in time.
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
         content = response.read()
     return json.loads(content) if content else None
 

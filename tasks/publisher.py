@@ -14,7 +14,8 @@ covering its own message, so nothing is acknowledged to a caller before the brok
 
 Failures, each ending in ``PublishNotConfirmed`` for the callers concerned:
 
-* a nack, or a message returned as unroutable (published ``mandatory``);
+* a message returned as unroutable (published ``mandatory``), or nacked twice (a nacked
+  message goes once more on a new connection: see ``_on_nack``);
 * no confirm within ``timeout_s`` (e.g. a broker memory alarm blocking publishers): every
   unconfirmed message fails and the connection is dropped, since its state is unknown;
 * a connection error: unconfirmed messages are published again once on a new connection (the
@@ -85,10 +86,13 @@ class GroupPublisher:
         self._retry: list[_Outgoing] = []
         self._unconfirmed: dict[int, _Outgoing] = {}  # delivery tag -> message, in tag order
         self._returned: set[str] = set()
+        self._nacked: list[_Outgoing] = []  # nacked by the broker, since the last frames read
         self._returned_since_declare = False
         self._conn = None
         self._channel = None
         self._tag = 0
+        self._node_offset = 0  # where in the broker URL's node list the next connection starts
+        self._connected_node = 0  # the node (index in that list) of the current connection
         # Request threads wake the publisher thread through this pipe when it is waiting.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -205,6 +209,10 @@ class GroupPublisher:
                 os.read(self._wake_r, 4096)
         if sock is not None and (sock.fileno() in ready or not ready):
             self._read_frames()
+        if self._nacked:
+            nacked, self._nacked = self._nacked, []
+            self._retry.extend(nacked)
+            self._connection_lost(PublishNotConfirmed("the broker refused it (nack)"), retry=True)
 
     def _socket(self):
         try:
@@ -269,9 +277,17 @@ class GroupPublisher:
         if self._conn is not None:
             return
         # Our own confirm handling: kombu's confirm_publish would wait for each message.
-        conn = self._app.connection_for_write(transport_options={"confirm_publish": False})
+        conn = self._app.connection_for_write(
+            url=self._failover_url(), transport_options={"confirm_publish": False}
+        )
         try:
-            conn.connect()
+            # Each node of a cluster once (a failover URL), from the one after the last lost.
+            conn.ensure_connection(
+                max_retries=len(conn.alt) - 1 if conn.alt else 0,
+                interval_start=0,
+                interval_step=0,
+                interval_max=0,
+            )
             channel = conn.channel()
             channel.confirm_select()
             channel.events["basic_ack"].add(self._on_ack)
@@ -284,13 +300,23 @@ class GroupPublisher:
             _discard(conn)
             raise
         self._conn, self._channel, self._tag = conn, channel, 0
+        self._connected_node = _node_index(self._app.conf.broker_url, conn)
         self._returned.clear()
         self._returned_since_declare = False
+
+    def _failover_url(self) -> str:
+        """The broker URL, its nodes (``;``-separated, a RabbitMQ cluster) rotated so that the
+        next connection starts at the node after the one this process lost last."""
+        nodes = self._app.conf.broker_url.split(";")
+        start = self._node_offset % len(nodes)
+        return ";".join(nodes[start:] + nodes[:start])
 
     def _connection_lost(self, exc: BaseException, *, retry: bool) -> None:
         unconfirmed = list(self._unconfirmed.values())
         self._unconfirmed.clear()
         if self._conn is not None:
+            # Its node may be dead or frozen: the next connection tries the next one first.
+            self._node_offset = self._connected_node + 1
             _discard(self._conn)
         self._conn = self._channel = None
         pending, self._retry = unconfirmed + self._retry, []
@@ -326,7 +352,11 @@ class GroupPublisher:
                 _resolve(item, None)
 
     def _on_nack(self, tag: int, multiple: bool) -> None:
-        self._fail(self._settle(tag, multiple), "the broker refused the message (nack)")
+        # A nack is not always the queue's final word: a channel opened while a quorum queue
+        # was electing a new leader (its leader's node just died) keeps a dead leader and nacks
+        # every publish for good (RabbitMQ 3.10, seen in the fault suite's cluster scenarios).
+        # So the nacked messages go once more on a new connection, like a connection error's.
+        self._nacked.extend(self._settle(tag, multiple))
 
     def _on_return(self, exc, exchange, routing_key, message) -> None:
         task_id = message.properties.get("correlation_id")
@@ -346,6 +376,20 @@ def _resolve(item: _Outgoing, error: BaseException | None) -> None:
         item.future.set_result(None)
     else:
         item.future.set_exception(error)
+
+
+def _node_index(broker_url: str, conn) -> int:
+    """Which node of the broker URL's ``;``-separated list ``conn`` is connected to."""
+    from kombu.utils.url import parse_url
+
+    for index, node in enumerate(broker_url.split(";")):
+        params = parse_url(node)
+        if (params.get("hostname"), params.get("port") or 5672) == (
+            conn.hostname,
+            conn.port or 5672,
+        ):
+            return index
+    return 0
 
 
 def _discard(conn) -> None:

@@ -119,7 +119,7 @@ def check(*, verdict: Verdict, history: list[dict], db, expect: Expect) -> Verdi
     totals = _check_counters(verdict, incr, db, expect)
     _check_reads(verdict, history, incr)
     _check_readback(verdict, totals, db, expect.web_url, expect.cache_url)
-    if verdict.republished and verdict.broker == "amqp":
+    if verdict.republished and verdict.broker.startswith("amqp"):
         verdict.problems.append(f"{verdict.republished} deltas re-published: RabbitMQ lost them")
     elif verdict.republished:
         verdict.notes.append(

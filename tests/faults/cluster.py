@@ -28,6 +28,7 @@ import psycopg
 
 from project import devservers
 from project.processes import process_commands
+from project.rabbitcluster import RabbitCluster
 from tasks.broker import rabbitmq_api
 from tasks.topology import WORK_QUEUES
 
@@ -128,6 +129,9 @@ class Cluster:
     cache_extra: list[str] = field(default_factory=list)
     visibility_timeout: int = VISIBILITY_TIMEOUT_S  # REDIS_BROKER_VISIBILITY_TIMEOUT
     relay_env: dict[str, str] = field(default_factory=dict)  # the outbox relay's own (fault hook)
+    rabbit: RabbitCluster | None = (
+        None  # a RabbitMQ cluster of the scenario's own, else the machine's
+    )
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
@@ -157,7 +161,9 @@ class Cluster:
                 body={"configure": ".*", "write": ".*", "read": ".*"},
             )
             self.broker_url = (
-                urllib.parse.urlparse(self.amqp_base)._replace(path=f"/{self.vhost}").geturl()
+                self.rabbit.broker_url(self.vhost)
+                if self.rabbit
+                else urllib.parse.urlparse(self.amqp_base)._replace(path=f"/{self.vhost}").geturl()
             )
 
     def start_cache(self) -> None:
@@ -199,6 +205,7 @@ class Cluster:
             "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
             "EMAIL_FILE_PATH": str(self.mail_dir),
             "PYTHONUNBUFFERED": "1",
+            **({"RABBITMQ_MANAGEMENT_URL": self.rabbit.management_url} if self.rabbit else {}),
         }
 
     @property
@@ -303,21 +310,26 @@ class Cluster:
         if self.broker == "redis":
             with contextlib.closing(self.broker_client()) as client:
                 return sum(client.llen(q) for q in WORK_QUEUES) + client.hlen("unacked")
-        done = subprocess.run(
-            [
-                "rabbitmqctl",
-                "list_queues",
-                "--quiet",
-                "--no-table-headers",
-                "-p",
-                self.vhost,
-                "name",
-                "messages",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        args = [
+            "list_queues",
+            "--quiet",
+            "--no-table-headers",
+            "-p",
+            self.vhost,
+            "name",
+            "messages",
+        ]
+        if self.rabbit:  # any node that answers counts for the cluster
+            out = ""
+            for node in self.rabbit.nodes:
+                with contextlib.suppress(Exception):
+                    out = self.rabbit.ctl(node, *args, timeout=20)
+                    break
+            done = subprocess.CompletedProcess(args, 0 if out else 1, out, "no node answered")
+        else:
+            done = subprocess.run(
+                ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60
+            )
         counts = dict(line.split("\t", 1) for line in done.stdout.splitlines() if "\t" in line)
         if done.returncode != 0 or "counters" not in counts:
             raise RuntimeError(f"cannot count messages: {done.stderr.strip()[:200]}")

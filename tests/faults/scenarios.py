@@ -13,10 +13,13 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 from typing import TYPE_CHECKING
 
 import psutil
 import redis
+
+from tasks.broker import rabbitmq_api
 
 from ..helpers import wait_for
 from .checker import Verdict, read_history
@@ -448,3 +451,90 @@ def broker_down_at_commit(run: Run) -> None:
             )
 
     run.checks.append(committed_while_down)
+
+
+# --- a RabbitMQ cluster of three nodes (project/rabbitcluster.py) -----------------------------
+
+CLUSTER_PAUSE_S = 20  # the issue's figure: long enough for the peers to see the node vanish
+CLUSTER_OKS = 5  # ok increments of each kind the load must get while the cluster is degraded
+
+
+def counters_queue(run: Run) -> dict:
+    """The counters queue as the management API of any live node sees it ({} if none answers)."""
+    vhost = urllib.parse.quote(run.cluster.vhost, safe="")
+    try:
+        return rabbitmq_api(f"queues/{vhost}/counters") or {}
+    except Exception:
+        return {}
+
+
+def all_members_online(run: Run) -> bool:
+    queue = counters_queue(run)
+    return (
+        len(queue.get("online") or [])
+        == len(run.cluster.rabbit.nodes)
+        == len(queue.get("members") or [])
+    )
+
+
+def cluster_leader_kill(run: Run) -> None:
+    """SIGKILL the node that leads the counters queue, under load; the load must be served by
+    the two others (the publishers fail over, unconfirmed messages are published again), then
+    the node comes back and rejoins."""
+    rabbit = run.cluster.rabbit
+    leader = wait_for(lambda: counters_queue(run).get("leader"), timeout=30, what="a leader")
+    node = rabbit.node_named(leader)
+    pid, killed_at = rabbit.kill(node), time.time()
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: dead(pid), timeout=10)
+    run.prove(dead(pid), f"node {leader} (the counters queue's leader), pid {pid}, SIGKILLed")
+    new = wait_for(
+        lambda: (
+            (queue := counters_queue(run)).get("leader") not in (None, leader) and queue["leader"]
+        ),
+        timeout=60,
+        what="a new leader",
+    )
+    run.prove(new != leader, f"the queue elected a new leader: {new}")
+    run.wait_oks(CLUSTER_OKS, after=killed_at)
+    run.prove(True, f"{CLUSTER_OKS} ok increments of each kind with the old leader dead")
+    rabbit.start_node(node)
+    wait_for(lambda: all_members_online(run), timeout=90, what="all members online again")
+    run.prove(True, f"{leader} restarted and its queue member back online")
+
+
+def cluster_node_paused(run: Run) -> None:
+    """SIGSTOP the counters queue's leader for CLUSTER_PAUSE_S, then SIGCONT: publishes to the
+    cluster stall while the leader is frozen (RabbitMQ's peers notice a frozen node only after
+    net_ticktime), so increments answer 503 "not counted" for a while, never a false 2xx."""
+    rabbit = run.cluster.rabbit
+    leader = wait_for(lambda: counters_queue(run).get("leader"), timeout=30, what="a leader")
+    node = rabbit.node_named(leader)
+    rabbit.freeze(node)
+    try:
+        process = psutil.Process(node.os_pid())
+        with contextlib.suppress(AssertionError):  # the signal is delivered a moment later
+            wait_for(lambda: process.status() == psutil.STATUS_STOPPED, timeout=5)
+        frozen = process.status() == psutil.STATUS_STOPPED
+        run.prove(frozen, f"node {leader} (the counters queue's leader) stopped (SIGSTOP)")
+        time.sleep(CLUSTER_PAUSE_S)
+    finally:
+        rabbit.freeze(node, signal.SIGCONT)
+    thawed = time.time()
+    wait_for(lambda: all_members_online(run), timeout=120, what="all members online again")
+    run.wait_oks(CLUSTER_OKS, after=thawed)
+    run.prove(True, f"{leader} thawed after {CLUSTER_PAUSE_S} s; every member online again")
+
+
+def cluster_rolling_restart(run: Run) -> None:
+    """Restart the nodes one by one (``rabbitmqctl stop``, start again), each after the queue
+    has all its members back, as an operator upgrading the cluster would, under load."""
+    rabbit = run.cluster.rabbit
+    for node in rabbit.nodes:
+        before = node.os_pid()
+        restarted_at = time.time()
+        rabbit.restart(node)
+        after = node.os_pid()
+        wait_for(lambda: all_members_online(run), timeout=120, what="all members online again")
+        run.wait_oks(CLUSTER_OKS, after=restarted_at)
+        run.prove(before != after, f"{node.name} restarted: pid {before} -> {after}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from project.rabbitcluster import RabbitCluster
 from tasks.broker import rabbitmq_api
 
 from ..helpers import BASE_DIR, wait_for
@@ -65,6 +66,10 @@ class Run:
         entry.update(outcome=outcome, cause=cause, delta_id=body.get("delta_id"), t0=t0, t=t)
         self.log.write(json.dumps({**entry, "dur": round(t - t0, 3)}) + "\n")
         self.log.flush()
+
+    def wait_oks(self, count: int, *, after: float, timeout: float = 60) -> None:
+        """Until the load has ``count`` ok increments of each kind started after ``after``."""
+        wait_ok_increments(self.history_path, count, after=after, timeout=timeout)
 
     def prove(self, bit: bool, what: str) -> None:
         """Record that the fault bit (a note), or that it did not (a problem)."""
@@ -142,6 +147,12 @@ class Scenario:
     # The load also increments inside transactions, and its orders and those increments start
     # only when the fault function creates the hold file.
     outbox_load: bool = False
+    rabbit_nodes: int = 0  # a RabbitMQ cluster of this many new nodes instead of the machine's
+
+
+# The cluster scenarios: RabbitMQ only, on a three-node cluster of their own
+# (project/rabbitcluster.py), every process given all three nodes as failover URLs.
+CLUSTER = {"brokers": ("amqp",), "rabbit_nodes": 3}
 
 
 SCENARIOS = [
@@ -209,6 +220,15 @@ SCENARIOS = [
         relay_kill_after=sc.RELAY_KILL_AFTER,
         outbox_load=True,
     ),
+    Scenario(
+        "cluster: the counters queue's leader node SIGKILLed", sc.cluster_leader_kill, **CLUSTER
+    ),
+    Scenario(
+        f"cluster: a node paused (SIGSTOP {sc.CLUSTER_PAUSE_S} s) and back",
+        sc.cluster_node_paused,
+        **CLUSTER,
+    ),
+    Scenario("cluster: rolling restart of the three nodes", sc.cluster_rolling_restart, **CLUSTER),
 ]
 
 # Which scenario runs on which broker: every one on both, except "broker Redis frozen" (Redis
@@ -246,7 +266,21 @@ def drain(cluster: Cluster, verdict: Verdict, *, timeout: float) -> None:
 
 
 @pytest.mark.parametrize(("scenario", "broker"), CASES, ids=[f"{s.name}-{b}" for s, b in CASES])
-def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
+def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result, settings):
+    rabbit = RabbitCluster(scenario.rabbit_nodes) if scenario.rabbit_nodes else None
+    if rabbit:
+        # This process's management API calls (the vhost, the checks) go to the cluster too.
+        settings.RABBITMQ_MANAGEMENT_URL = rabbit.management_url
+    try:
+        if rabbit:
+            rabbit.start()
+        run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result, rabbit)
+    finally:
+        if rabbit:
+            rabbit.stop()
+
+
+def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result, rabbit):
     run_id = uuid.uuid4().hex[:6]
     keys = [f"article_views:fault-{run_id}-{i}" for i in range(3)]
     special = f"article_likes:fault-{run_id}-special"
@@ -257,6 +291,7 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         amqp_base=amqp_base,
         faults=scenario.faults.format(key=keys[0], special=special),
         cache_extra=list(scenario.cache_extra),
+        rabbit=rabbit,
     )
     if scenario.visibility_timeout:
         cluster.visibility_timeout = scenario.visibility_timeout
@@ -264,7 +299,7 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result):
         cluster.relay_env["OUTBOX_FAULT_KILL_AFTER"] = str(scenario.relay_kill_after)
     tx_keys = [f"article_views:fault-{run_id}-tx-{i}" for i in range(2)]
     hold_file = tmp_path / "hold"
-    verdict = Verdict(scenario=scenario.name, broker=broker)
+    verdict = Verdict(scenario=scenario.name, broker=f"{broker}-cluster" if rabbit else broker)
     load = None
     try:
         cluster.start_servers()
