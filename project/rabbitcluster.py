@@ -80,16 +80,14 @@ class RabbitCluster:
         """Every node, as a kombu failover URL (``;``-separated)."""
         path = urllib.parse.quote(vhost, safe="")
         return ";".join(
-            f"amqp://{self.user}:{self.password}@127.0.0.1:{n.amqp_port}/{path}"
-            for n in self.nodes
+            f"amqp://{self.user}:{self.password}@127.0.0.1:{n.amqp_port}/{path}" for n in self.nodes
         )
 
     @property
     def management_url(self) -> str:
         """Every node's management API, comma-separated (RABBITMQ_MANAGEMENT_URL)."""
         return ",".join(
-            f"http://{self.user}:{self.password}@127.0.0.1:{n.management_port}"
-            for n in self.nodes
+            f"http://{self.user}:{self.password}@127.0.0.1:{n.management_port}" for n in self.nodes
         )
 
     # --- life cycle -----------------------------------------------------------------------------
