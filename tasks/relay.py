@@ -74,6 +74,16 @@ def send_with_confirm(item: OutboxItem) -> None:
     )
 
 
+def _fresh_connections() -> None:
+    """Drop the pooled broker connections after a failed publish: the next pass opens new ones.
+    A channel opened while a quorum queue was electing a leader can nack every publish for good
+    (docs/cluster.md); a new channel does not."""
+    try:
+        app.pool.force_close_all()
+    except Exception:  # noqa: S110 (closing what is broken already)
+        pass
+
+
 class Relay:
     def __init__(self, *, name: str | None = None):
         self.name = name or relay_name()
@@ -141,6 +151,8 @@ class Relay:
                     exc,
                 )
         self.failures = self.failures + 1 if failed else 0
+        if failed:
+            _fresh_connections()
         if sent:
             logger.info("outbox: %d published", len(sent))
         return len(sent), failed is None and len(rows) == batch_size

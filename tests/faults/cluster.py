@@ -129,9 +129,9 @@ class Cluster:
     cache_extra: list[str] = field(default_factory=list)
     visibility_timeout: int = VISIBILITY_TIMEOUT_S  # REDIS_BROKER_VISIBILITY_TIMEOUT
     relay_env: dict[str, str] = field(default_factory=dict)  # the outbox relay's own (fault hook)
-    rabbit: RabbitCluster | None = (
-        None  # a RabbitMQ cluster of the scenario's own, else the machine's
-    )
+    # A RabbitMQ cluster of the scenario's own (else the machine's node).
+    rabbit: RabbitCluster | None = None
+    copies: int = 1  # web servers and counters workers, each its own process group
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
@@ -235,6 +235,16 @@ class Cluster:
             {**self.env(), **self.relay_env},
             "started",
         ).spawn()
+        self.web_ports = [self.web_port]
+        for copy in range(2, self.copies + 1):  # as on other machines: same servers, own groups
+            port = devservers.free_port()
+            argv = [a if a != f"127.0.0.1:{self.web_port}" else f"127.0.0.1:{port}" for a in web]
+            name = f"web-{copy}"
+            self.procs[name] = Proc(
+                name, argv, self.root / f"{name}.log", self.env(), "Booting worker"
+            ).spawn()
+            self.web_ports.append(port)
+            self.start_worker("counters-worker", as_name=f"counters-worker-{copy}", wait=False)
         for proc in self.procs.values():
             proc.wait_ready()
         wait_for(

@@ -123,7 +123,8 @@ def read_cause(status: int, body: dict) -> str:
 class Load:
     def __init__(self, config: dict):
         self.config = config
-        self.base = config["web"]
+        # Several web servers (as on several machines): each request goes to one at random.
+        self.bases: list[str] = config.get("webs") or [config["web"]]
         self.keys: list[str] = config["keys"]
         self.stop_file = Path(config["stop_file"])
         self.log = open(config["log"], "a", buffering=1)
@@ -148,7 +149,8 @@ class Load:
     def http(
         self, method: str, path: str, body: dict | None = None, headers: dict | None = None
     ) -> tuple[int, dict]:
-        return http_json(method, self.base + path, body, headers=headers, timeout=HTTP_TIMEOUT_S)
+        base = random.choice(self.bases)
+        return http_json(method, base + path, body, headers=headers, timeout=HTTP_TIMEOUT_S)
 
     # --- increments -------------------------------------------------------------------------
     def http_increments(self, seed: int) -> None:

@@ -477,6 +477,26 @@ def all_members_online(run: Run) -> bool:
     )
 
 
+OPS_QUEUES = (
+    "import json; from project.ops import ops_status; s = ops_status(); "
+    "print(json.dumps({'counters': s['queues'].get('counters'), 'errors': s['errors']}))"
+)
+
+
+def prove_ops_shows_queues(run: Run, when: str) -> None:
+    """The operations page's figures (project/ops.py, as /ops/ renders them) still come: the
+    counters queue listed and no error from the broker's management API."""
+    import json
+
+    done = run.cluster.manage("shell", "-c", OPS_QUEUES, timeout=120)
+    try:
+        shown = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        shown = {"counters": None, "errors": {"shell": done.stderr[-300:]}}
+    ok = shown["counters"] is not None and "queues" not in shown["errors"]
+    run.prove(ok, f"/ops/ shows the counters queue {when}: {shown}")
+
+
 def cluster_leader_kill(run: Run) -> None:
     """SIGKILL the node that leads the counters queue, under load; the load must be served by
     the two others (the publishers fail over, unconfirmed messages are published again), then
@@ -498,6 +518,7 @@ def cluster_leader_kill(run: Run) -> None:
     run.prove(new != leader, f"the queue elected a new leader: {new}")
     run.wait_oks(CLUSTER_OKS, after=killed_at)
     run.prove(True, f"{CLUSTER_OKS} ok increments of each kind with the old leader dead")
+    prove_ops_shows_queues(run, f"with {leader} dead")
     rabbit.start_node(node)
     wait_for(lambda: all_members_online(run), timeout=90, what="all members online again")
     run.prove(True, f"{leader} restarted and its queue member back online")
@@ -524,6 +545,7 @@ def cluster_node_paused(run: Run) -> None:
     wait_for(lambda: all_members_online(run), timeout=120, what="all members online again")
     run.wait_oks(CLUSTER_OKS, after=thawed)
     run.prove(True, f"{leader} thawed after {CLUSTER_PAUSE_S} s; every member online again")
+    prove_ops_shows_queues(run, "after the thaw")
 
 
 def cluster_rolling_restart(run: Run) -> None:
@@ -538,3 +560,4 @@ def cluster_rolling_restart(run: Run) -> None:
         wait_for(lambda: all_members_online(run), timeout=120, what="all members online again")
         run.wait_oks(CLUSTER_OKS, after=restarted_at)
         run.prove(before != after, f"{node.name} restarted: pid {before} -> {after}")
+    prove_ops_shows_queues(run, "after the rolling restart")

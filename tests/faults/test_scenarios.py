@@ -148,11 +148,14 @@ class Scenario:
     # only when the fault function creates the hold file.
     outbox_load: bool = False
     rabbit_nodes: int = 0  # a RabbitMQ cluster of this many new nodes instead of the machine's
+    # Web servers and counters workers (each its own process group, as on separate machines):
+    # the scenario runs once per layout.
+    layouts: tuple[int, ...] = (1,)
 
 
 # The cluster scenarios: RabbitMQ only, on a three-node cluster of their own
 # (project/rabbitcluster.py), every process given all three nodes as failover URLs.
-CLUSTER = {"brokers": ("amqp",), "rabbit_nodes": 3}
+CLUSTER = {"brokers": ("amqp",), "rabbit_nodes": 3, "layouts": (1, 2)}
 
 
 SCENARIOS = [
@@ -233,7 +236,16 @@ SCENARIOS = [
 
 # Which scenario runs on which broker: every one on both, except "broker Redis frozen" (Redis
 # broker only: RabbitMQ's memory alarm is its blocked-broker case).
-CASES = [(scenario, broker) for scenario in SCENARIOS for broker in scenario.brokers]
+CASES = [
+    (scenario, broker, copies)
+    for scenario in SCENARIOS
+    for broker in scenario.brokers
+    for copies in scenario.layouts
+]
+
+
+def case_id(scenario: Scenario, broker: str, copies: int) -> str:
+    return f"{scenario.name}-{broker}" + (f"-{copies}webs{copies}workers" if copies > 1 else "")
 
 
 def wait_ok_increments(path, count: int, *, after: float = 0.0, timeout: float = 90) -> None:
@@ -265,8 +277,8 @@ def drain(cluster: Cluster, verdict: Verdict, *, timeout: float) -> None:
         verdict.problems.append(str(exc))
 
 
-@pytest.mark.parametrize(("scenario", "broker"), CASES, ids=[f"{s.name}-{b}" for s, b in CASES])
-def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result, settings):
+@pytest.mark.parametrize(("scenario", "broker", "copies"), CASES, ids=[case_id(*c) for c in CASES])
+def test_fault(scenario, broker, copies, template, amqp_base, tmp_path, record_result, settings):
     rabbit = RabbitCluster(scenario.rabbit_nodes) if scenario.rabbit_nodes else None
     if rabbit:
         # This process's management API calls (the vhost, the checks) go to the cluster too.
@@ -274,13 +286,13 @@ def test_fault(scenario, broker, template, amqp_base, tmp_path, record_result, s
     try:
         if rabbit:
             rabbit.start()
-        run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result, rabbit)
+        run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result, rabbit, copies)
     finally:
         if rabbit:
             rabbit.stop()
 
 
-def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result, rabbit):
+def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result, rabbit, copies):
     run_id = uuid.uuid4().hex[:6]
     keys = [f"article_views:fault-{run_id}-{i}" for i in range(3)]
     special = f"article_likes:fault-{run_id}-special"
@@ -292,6 +304,7 @@ def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result,
         faults=scenario.faults.format(key=keys[0], special=special),
         cache_extra=list(scenario.cache_extra),
         rabbit=rabbit,
+        copies=copies,
     )
     if scenario.visibility_timeout:
         cluster.visibility_timeout = scenario.visibility_timeout
@@ -299,7 +312,8 @@ def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result,
         cluster.relay_env["OUTBOX_FAULT_KILL_AFTER"] = str(scenario.relay_kill_after)
     tx_keys = [f"article_views:fault-{run_id}-tx-{i}" for i in range(2)]
     hold_file = tmp_path / "hold"
-    verdict = Verdict(scenario=scenario.name, broker=f"{broker}-cluster" if rabbit else broker)
+    name = scenario.name + (f" ({copies} webs, {copies} counters workers)" if copies > 1 else "")
+    verdict = Verdict(scenario=name, broker=f"{broker}-cluster" if rabbit else broker)
     load = None
     try:
         cluster.start_servers()
@@ -310,6 +324,7 @@ def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result,
         ops_log, stop_file = tmp_path / "ops.jsonl", tmp_path / "stop"
         config = {
             "web": f"http://127.0.0.1:{cluster.web_port}",
+            "webs": [f"http://127.0.0.1:{port}" for port in cluster.web_ports],
             "keys": keys,
             "log": str(ops_log),
             "stop_file": str(stop_file),

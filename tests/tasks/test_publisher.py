@@ -104,3 +104,44 @@ def test_unreachable_broker_is_an_error_not_a_hang():
         publisher = GroupPublisher(app=app, queue_name="counters", timeout_s=2)
         with pytest.raises(PublishNotConfirmed, match=r"unreachable|no confirm"):
             publish(publisher, str(uuid.uuid4()))
+
+
+def test_a_nacked_message_goes_once_more_on_a_new_connection_then_fails(rabbit, caplog):
+    """A policy makes the queue refuse every publish (max-length 0, reject-publish): the broker
+    nacks. The publisher sends the message once more on a new connection (a channel can nack for
+    good after a quorum queue's leader election, docs/cluster.md), then fails it; once the queue
+    accepts again, the same publisher delivers."""
+    vhost = quote(urlparse(rabbit).path[1:] or "/", safe="")
+    policy = f"policies/{vhost}/refuse-all"
+    definition = {"max-length": 0, "overflow": "reject-publish"}
+    rabbitmq_api(
+        policy,
+        method="PUT",
+        body={"pattern": "^counters$", "definition": definition, "apply-to": "queues"},
+    )
+    publisher = GroupPublisher(app=app, queue_name="counters", timeout_s=10)
+    try:
+        # A policy takes effect a moment after it is set: until the first nack.
+        def nacked() -> bool:
+            try:
+                publish(publisher, str(uuid.uuid4()))
+            except PublishNotConfirmed as exc:
+                return "nack" in str(exc)
+            return False
+
+        wait_for(nacked, timeout=30, what="a nacked publish")
+    finally:
+        rabbitmq_api(policy, method="DELETE")
+    assert "publishing 1 messages again" in caplog.text  # the second attempt
+    declare_and_purge(rabbit)
+    after = str(uuid.uuid4())
+
+    def delivered() -> bool:
+        try:
+            publish(publisher, after)
+            return True
+        except PublishNotConfirmed:  # the policy's removal takes a moment too
+            return False
+
+    wait_for(delivered, timeout=30, what="a confirmed publish")
+    assert after in [m.headers["id"] for m in read_queue(rabbit, "counters")]
