@@ -18,6 +18,7 @@ and polls every ``OUTBOX_POLL_INTERVAL_S`` in case a notification was missed (a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -75,13 +76,19 @@ def send_with_confirm(item: OutboxItem) -> None:
 
 
 def _fresh_connections() -> None:
-    """Drop the pooled broker connections after a failed publish: the next pass opens new ones.
-    A channel opened while a quorum queue was electing a leader can nack every publish for good
-    (docs/cluster.md); a new channel does not."""
-    try:
-        app.pool.force_close_all()
-    except Exception:  # noqa: S110 (closing what is broken already)
-        pass
+    """Drop the pooled broker connections and producers after a failed publish: the next pass
+    opens new ones. A channel opened while a quorum queue was electing a leader can nack every
+    publish for good (docs/cluster.md); a new channel does not. (Celery creates its pools again
+    on the next use; ``force_close_all`` alone would leave a closed pool that refuses to serve.)
+    """
+    from kombu import pools
+
+    old, app._pool, app.amqp._producer_pool = app._pool, None, None
+    with contextlib.suppress(Exception):  # closing what is broken already
+        pools.reset()
+    if old is not None:
+        with contextlib.suppress(Exception):
+            old.force_close_all()
 
 
 class Relay:
