@@ -290,8 +290,8 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     metrics_dir.mkdir(exist_ok=True)
     web, base = gunicorn("web", {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     web_single, base_single = gunicorn("web-one-message-per-delta", {"COUNTER_ENVELOPES": "false"})
-    web_request_bump, base_request_bump = gunicorn(
-        "web-request-bump", {"COUNTER_ENVELOPE_BUMP": "false"}
+    web_envelope_bump, base_envelope_bump = gunicorn(
+        "web-envelope-bump", {"COUNTER_ENVELOPE_BUMP": "true"}
     )
     on_redis = {"CELERY_BROKER_URL": redis_broker}
     web_redis, base_redis = gunicorn("web-redis-broker", on_redis)
@@ -308,7 +308,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     cases = {
         "ours": f"{base}/api/counters/article_views:hot/incr",
         "ours_one_message_per_delta": f"{base_single}/api/counters/article_views:hot/incr",
-        "ours_request_bump": f"{base_request_bump}/api/counters/article_views:hot/incr",
+        "ours_envelope_bump": f"{base_envelope_bump}/api/counters/article_views:hot/incr",
         "ours_redis_broker": f"{base_redis}/api/counters/article_views:hot-redis/incr",
         "lossy": f"{base}/bench/lossy/article_views:lossy/incr",
         "naive": f"{base}/bench/naive/article_views:naive/incr",
@@ -318,7 +318,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     counted = {
         "ours": ("article_views:hot", None),
         "ours_one_message_per_delta": ("article_views:hot", None),
-        "ours_request_bump": ("article_views:hot", None),
+        "ours_envelope_bump": ("article_views:hot", None),
         "ours_redis_broker": ("article_views:hot-redis", redis_broker),
     }
     results: dict[str, list] = {name: [] for name in cases}
@@ -361,7 +361,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
         lossy.flush()
         durable_lossy = Counter.objects.get(key="article_views:lossy").value
     finally:
-        for process in (web, web_single, web_request_bump, web_redis, worker, worker_redis):
+        for process in (web, web_single, web_envelope_bump, web_redis, worker, worker_redis):
             stop(process)
         stop(flusher)
     summary = {
@@ -694,7 +694,7 @@ def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
 
 HTTP_CASES = (
     "ours",
-    "ours_request_bump",
+    "ours_envelope_bump",
     "ours_one_message_per_delta",
     "ours_redis_broker",
     "lossy",
@@ -719,7 +719,7 @@ def report(results: dict) -> list[str]:
     if http:
         ours, single = http["ours"], http["ours_one_message_per_delta"]
         naive, none, lossy = http["naive"], http["no_counting"], http["lossy"]
-        request_bump, on_redis = http["ours_request_bump"], http["ours_redis_broker"]
+        envelope_bump, on_redis = http["ours_envelope_bump"], http["ours_redis_broker"]
         cpu_ours, cpu_lossy, cpu_redis = (
             sum(c["cpu_ms_per_request"].values()) for c in (ours, lossy, on_redis)
         )
@@ -738,9 +738,9 @@ def report(results: dict) -> list[str]:
             f"| HTTP req/s on the Redis broker vs the lossy Redis buffer | "
             f"{on_redis['rps']:.0f} | lossy {lossy['rps']:.0f} | "
             f"{ratio(on_redis['rps'], lossy['rps'])} | >= 0.5x (stretch 0.7x) |",
-            f"| HTTP req/s: cache bump per envelope vs per request | {ours['rps']:.0f} | "
-            f"{request_bump['rps']:.0f} (p99 {request_bump['p99_ms']} ms) | "
-            f"{ratio(ours['rps'], request_bump['rps'])} | |",
+            f"| HTTP req/s: cache bump per envelope (experimental) vs per request | "
+            f"{envelope_bump['rps']:.0f} (p99 {envelope_bump['p99_ms']} ms) | {ours['rps']:.0f} | "
+            f"{ratio(envelope_bump['rps'], ours['rps'])} | |",
             f"| CPU ms per increment (whole box) vs the lossy Redis buffer | {cpu_ours:.2f} | "
             f"lossy {cpu_lossy:.2f} | {ratio(cpu_ours, cpu_lossy)} | <= 2x |",
             f"| CPU ms per increment (whole box), Redis broker vs the lossy Redis buffer | "
@@ -857,7 +857,7 @@ def chart(results: dict, path: Path) -> None:
     case_labels = {
         "ours": "ours\n(group commit)",
         "ours_one_message_per_delta": "ours, one\nmessage per\ndelta",
-        "ours_request_bump": "ours, cache\nbump per\nrequest",
+        "ours_envelope_bump": "ours, cache\nbump per\nenvelope",
         "ours_redis_broker": "ours on the\nRedis broker",
         "lossy": "lossy\nRedis buffer",
         "naive": "naive\nUPDATE",

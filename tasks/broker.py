@@ -4,6 +4,7 @@ queue (ready, delivered but unacknowledged, delayed). The one place that reads q
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -33,9 +34,10 @@ def rabbitmq_api(path: str, *, method: str = "GET", body: dict | None = None):
     for index, url in enumerate(urls):
         try:
             return _management_call(url, path, method=method, body=body)
-        except urllib.error.HTTPError:
-            raise  # the node answered: its answer stands
-        except OSError:  # refused, timed out, unreachable: the next node
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or index == len(urls) - 1:
+                raise  # the node answered (a missing vhost is missing on every node)
+        except (OSError, http.client.HTTPException):  # refused, timed out, cut: the next node
             if index == len(urls) - 1:
                 raise
     raise ValueError("RABBITMQ_MANAGEMENT_URL is empty")

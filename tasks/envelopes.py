@@ -99,7 +99,10 @@ class EnvelopePublisher:
         results = [NOTHING] * len(live)
         if self._after_confirm is not None:
             try:
-                results = self._after_confirm([(item, context) for item, _, context in live])
+                answered = list(self._after_confirm([(i, context) for i, _, context in live]))
+                if len(answered) != len(live):
+                    raise ValueError(f"{len(answered)} results for {len(live)} items")
+                results = answered
             except BaseException as exc:  # confirmed is confirmed: the callers do without it
                 logger.warning("envelope %s: after its confirm: %r", envelope_id, exc)
         for (_, future, _), result in zip(live, results, strict=True):

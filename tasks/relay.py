@@ -83,12 +83,9 @@ def _fresh_connections() -> None:
     """
     from kombu import pools
 
-    old, app._pool, app.amqp._producer_pool = app._pool, None, None
     with contextlib.suppress(Exception):  # closing what is broken already
-        pools.reset()
-    if old is not None:
-        with contextlib.suppress(Exception):
-            old.force_close_all()
+        pools.reset()  # first: a pool looked up meanwhile must not be one it then closes
+    app._pool = app.amqp._producer_pool = None
 
 
 class Relay:

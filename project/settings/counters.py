@@ -29,9 +29,10 @@ COUNTER_GROUP_COMMIT = env.bool("COUNTER_GROUP_COMMIT", default=True)
 # A process's concurrent increments travel in envelopes, many deltas per message, confirmed
 # together (tasks/envelopes.py). False: one message per delta (the baseline `make bench` compares).
 COUNTER_ENVELOPES = env.bool("COUNTER_ENVELOPES", default=True)
-# The cache update of a whole envelope's increments in one pipeline from the envelope's thread,
-# instead of one round trip per request. Chosen with `make bench` (docs/benchmarks.md).
-COUNTER_ENVELOPE_BUMP = env.bool("COUNTER_ENVELOPE_BUMP", default=True)
+# Experimental, off: the cache update of a whole envelope's increments in one pipeline from the
+# envelope's thread, instead of one round trip per request. `make bench` measured no gain worth
+# its known defect (docs/benchmarks.md, "One wait per request").
+COUNTER_ENVELOPE_BUMP = env.bool("COUNTER_ENVELOPE_BUMP", default=False)
 # `counters reconcile` (scheduled every COUNTER_RECONCILE_INTERVAL_S) re-publishes a pending delta
 # not applied after this long: the Redis broker can lose a message a worker was taking when it died.
 # Longer than the visibility timeout, after which the broker itself hands unacknowledged ones back.

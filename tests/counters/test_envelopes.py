@@ -98,12 +98,16 @@ def test_each_increment_answers_with_its_own_value_when_its_envelope_bumps_the_c
     assert {k: services.counter_get(key=k).value for k in keys} == values
 
 
+@pytest.mark.parametrize("envelope_bump", [True, False], ids=["envelope-bump", "request-bump"])
 def test_with_the_cache_unreachable_each_increment_is_counted_and_answered_from_postgresql(
-    worker, settings
+    worker, settings, envelope_bump
 ):
-    """The envelope's cache update fails (connection refused): every caller is still counted
-    (its delta is confirmed) and answered with the durable value plus its own amount."""
+    """The cache update fails (connection refused), the envelope's or each request's: every
+    caller is still counted (its delta is confirmed) and answered with the durable value plus its
+    own amount."""
     from project.devservers import free_port
+
+    settings.COUNTER_ENVELOPE_BUMP = envelope_bump
 
     key = f"article_views:nocache-{uuid.uuid4().hex[:8]}"
     cache_settings = {**settings.CACHES["default"]}
