@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from kombu.serialization import dumps
 
 from tasks import metrics
+from tasks.failover import connect_from, discard
 
 logger = logging.getLogger(__name__)
 
@@ -276,18 +277,12 @@ class GroupPublisher:
     def _connect(self) -> None:
         if self._conn is not None:
             return
-        # Our own confirm handling: kombu's confirm_publish would wait for each message.
-        conn = self._app.connection_for_write(
-            url=self._failover_url(), transport_options={"confirm_publish": False}
+        # Our own confirm handling: kombu's confirm_publish would wait for each message. On a
+        # cluster, each node once, from the one after the last lost (tasks/failover.py).
+        conn, node = connect_from(
+            self._app, start=self._node_offset, transport_options={"confirm_publish": False}
         )
         try:
-            # Each node of a cluster once (a failover URL), from the one after the last lost.
-            conn.ensure_connection(
-                max_retries=len(conn.alt) - 1 if conn.alt else 0,
-                interval_start=0,
-                interval_step=0,
-                interval_max=0,
-            )
             channel = conn.channel()
             channel.confirm_select()
             channel.events["basic_ack"].add(self._on_ack)
@@ -297,19 +292,12 @@ class GroupPublisher:
             # would be unroutable.
             self._queue.bind(channel).declare()
         except Exception:
-            _discard(conn)
+            discard(conn)
             raise
         self._conn, self._channel, self._tag = conn, channel, 0
-        self._connected_node = _node_index(self._app.conf.broker_url, conn)
+        self._connected_node = node
         self._returned.clear()
         self._returned_since_declare = False
-
-    def _failover_url(self) -> str:
-        """The broker URL, its nodes (``;``-separated, a RabbitMQ cluster) rotated so that the
-        next connection starts at the node after the one this process lost last."""
-        nodes = self._app.conf.broker_url.split(";")
-        start = self._node_offset % len(nodes)
-        return ";".join(nodes[start:] + nodes[:start])
 
     def _connection_lost(self, exc: BaseException, *, retry: bool) -> None:
         unconfirmed = list(self._unconfirmed.values())
@@ -317,7 +305,7 @@ class GroupPublisher:
         if self._conn is not None:
             # Its node may be dead or frozen: the next connection tries the next one first.
             self._node_offset = self._connected_node + 1
-            _discard(self._conn)
+            discard(self._conn)
         self._conn = self._channel = None
         pending, self._retry = unconfirmed + self._retry, []
         for item in pending:
@@ -376,28 +364,6 @@ def _resolve(item: _Outgoing, error: BaseException | None) -> None:
         item.future.set_result(None)
     else:
         item.future.set_exception(error)
-
-
-def _node_index(broker_url: str, conn) -> int:
-    """Which node of the broker URL's ``;``-separated list ``conn`` is connected to."""
-    from kombu.utils.url import parse_url
-
-    for index, node in enumerate(broker_url.split(";")):
-        params = parse_url(node)
-        if (params.get("hostname"), params.get("port") or 5672) == (
-            conn.hostname,
-            conn.port or 5672,
-        ):
-            return index
-    return 0
-
-
-def _discard(conn) -> None:
-    # Without the closing handshake: a blocked or broken connection could wait for it forever.
-    try:
-        conn.collect()
-    except Exception:  # noqa: S110 (it is being thrown away)
-        pass
 
 
 _publishers: dict[tuple, GroupPublisher] = {}
