@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults bench lint format clean
+.PHONY: run test test-faults soak bench lint format clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)
 ## (tests/faults/results/latest.md).
 test-faults: $(STAMP)
 	FAULT_SUITE=1 $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
+## A million increments over a three-node RabbitMQ cluster with a random fault every ~30 s, then
+## the checker; writes docs/soak.{md,png,json}. About an hour; not part of CI. E.g.
+## SOAK_ARGS="--increments 50000 --out .local/soak" for a short one.
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults.soak $(SOAK_ARGS)
 
 ## Each path beside its baseline in one run; writes bench/results/latest.{json,png,md}.
 bench: $(STAMP)

@@ -59,10 +59,16 @@ class OutcomeBatches(Batches):
             logger.warning("could not send %s event: %r", kind, exc)
 
     def flush(self, requests):
-        # A redelivered message was in a batch whose process died: it runs in a pool job of its
-        # own, so a poison delta can only take itself down and everything else gets acknowledged.
+        # A redelivered message was in a batch whose process died, or held by a consumer whose
+        # connection or broker node went away. Delivered a second time (the broker's count says
+        # so), it is batched with other second deliveries only: after a node restart those are
+        # thousands, and one pool job each applied a few deltas a second. Later than that it runs
+        # in a pool job of its own, so a poison delta takes its batch down twice, then only
+        # itself, and the fresh messages never share a job with it.
         fresh = [r for r in requests if not redelivered(r)]
-        groups = self._by_items(fresh) + [[r] for r in requests if redelivered(r)]
+        second = [r for r in requests if redelivered(r) and seen_once(r)]
+        alone = [r for r in requests if redelivered(r) and not seen_once(r)]
+        groups = self._by_items(fresh) + self._by_items(second) + [[r] for r in alone]
         return [self._flush_group(group) for group in groups]
 
     def _by_items(self, requests) -> list[list]:
@@ -158,6 +164,15 @@ def int_or_zero(value) -> int:
         return max(int(value or 0), 0)
     except (TypeError, ValueError):
         return 0
+
+
+def seen_once(request) -> bool:
+    """Delivered exactly once before, as RabbitMQ's quorum queues count (``x-delivery-count``
+    1), and not marked to run alone. The Redis broker's count is only known inside the pool job
+    (tasks/services.py), so there a redelivered message always gets a job of its own."""
+    kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+    count = int_or_zero(request.request_dict.get("x-delivery-count"))
+    return count == 1 and not kwargs.get(ALONE_KWARG)
 
 
 def redelivered(request) -> bool:

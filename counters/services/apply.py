@@ -116,9 +116,11 @@ def delta_batch_apply(*, deltas: list[IncomingDelta]) -> BatchOutcome:
     * A message delivered more than ``TASK_MAX_DELIVERIES`` times (its worker died each time: a
       poison delta that kills the process) is dead-lettered without being run.
     * A malformed delta is dead-lettered (permanent error).
-    * First deliveries are applied together in one transaction. A message seen before was in a
-      batch whose worker died, so it is applied on its own: a poison delta can then only take
-      itself down, and the innocent deltas of its batch get through.
+    * First deliveries are applied together in one transaction, second deliveries together in
+      another (mostly what a lost connection or broker node gave back). A message seen twice
+      before was in batches whose worker died, so it is applied on its own (an envelope: its
+      deltas published alone): a poison delta can then only take itself down, and the innocent
+      deltas of its batch get through.
     * A group that raises a permanent error is split until the culprit is alone, then the culprit
       is dead-lettered and the rest applied ("others unaffected").
     * A transient error (PostgreSQL down, read-only during a failover) re-publishes the group's

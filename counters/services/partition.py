@@ -56,11 +56,12 @@ class Partition:
     done: list[IncomingDelta] = field(default_factory=list)
     over_limit: list[IncomingDelta] = field(default_factory=list)  # dead-letter: worker lost
     malformed: list[tuple[IncomingDelta, str]] = field(default_factory=list)  # dead-letter
-    # Applied in this order: every first delivery together, then each redelivered one alone (it
-    # was in a batch whose worker died: a poison delta can then only take itself down).
+    # Applied in this order: every first delivery together, every second delivery together
+    # (envelopes whole), then each later one alone: a poison delta takes its batch down twice,
+    # then only itself.
     groups: list[list[tuple[IncomingDelta, Parsed]]] = field(default_factory=list)
-    # Of a redelivered envelope, not in the ledger: published again one message each, so that
-    # each has its own delivery count and a poison delta takes only itself down.
+    # Of an envelope delivered a third time, not in the ledger: published again one message each,
+    # so that each has its own delivery count and a poison delta takes only itself down.
     explode: list[tuple[IncomingDelta, Parsed]] = field(default_factory=list)
 
 
@@ -69,12 +70,12 @@ def deltas_partition(
 ) -> Partition:
     """Sort a batch (no I/O). ``applied``: the delta ids of the batch the ledger already holds."""
     partition = Partition()
-    fresh = []
+    fresh, second = [], []
     for delta in deltas:
         if delta.args and str(delta.args[0]) in applied:
             partition.done.append(delta)
         elif delta.deliveries > max_deliveries and not delta.envelope_id:
-            # An envelope that comes back is never run (its deltas go alone), so only a delta's
+            # An envelope is run at most twice (then its deltas go alone), so only a delta's
             # own deliveries count towards its limit.
             partition.over_limit.append(delta)
         else:
@@ -85,12 +86,16 @@ def deltas_partition(
                 continue
             if delta.deliveries == 1 and not delta.alone:
                 fresh.append((delta, parsed))
+            elif delta.deliveries == 2 and not delta.alone:
+                # Most second deliveries are a broker node's or a connection's loss giving back
+                # everything its consumers held (thousands of envelopes after a node restart,
+                # measured by the soak): exploding them all made one transaction per delta.
+                second.append((delta, parsed))
             elif delta.envelope_id:
                 partition.explode.append((delta, parsed))
             else:
                 partition.groups.append([(delta, parsed)])
-    if fresh:
-        partition.groups.insert(0, fresh)
+    partition.groups[:0] = [group for group in (fresh, second) if group]
     return partition
 
 

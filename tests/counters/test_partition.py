@@ -15,16 +15,18 @@ def delta(*, key="article_views:a", amount=1, deliveries=1, args=None) -> Incomi
     )
 
 
-def test_first_deliveries_go_together_first_and_each_redelivered_one_alone():
+def test_first_deliveries_go_together_then_second_ones_together_then_each_later_one_alone():
     first, second = delta(), delta(amount=2)
-    again, again_too = delta(deliveries=2), delta(deliveries=5)
+    again, again_too = delta(deliveries=2), delta(deliveries=2)
+    third, fifth = delta(deliveries=3), delta(deliveries=5)
     partition = deltas_partition(
-        deltas=[again, first, again_too, second], max_deliveries=5, applied=set()
+        deltas=[again, first, fifth, again_too, third, second], max_deliveries=5, applied=set()
     )
     assert [[d for d, _ in group] for group in partition.groups] == [
         [first, second],
-        [again],
-        [again_too],
+        [again, again_too],
+        [fifth],
+        [third],
     ]
     assert partition.groups[0][1][1] == (second.message_id, "article_views:a", 2)
     assert not (partition.done or partition.over_limit or partition.malformed)
@@ -59,12 +61,33 @@ def test_malformed_deltas_are_set_aside_with_their_reason():
     assert [[d for d, _ in group] for group in partition.groups] == [[good]]
 
 
-def test_a_redelivered_envelope_explodes_except_what_the_ledger_holds():
-    """The deltas of an envelope seen before are published again one by one (each then has a
-    delivery count of its own); those the ledger holds are done; a first-delivery envelope's
-    deltas are applied with the other first deliveries."""
+def test_an_envelope_delivered_a_second_time_is_applied_whole_with_the_second_deliveries():
+    """What a lost connection or a restarted broker node gives back (thousands of envelopes) is
+    applied in batches again, not one transaction per delta; the ledger's deltas are done."""
+    envelope_id = str(uuid.uuid4())
+    again, also, applied_before = delta(deliveries=2), delta(deliveries=2), delta(deliveries=2)
+    for member in (again, also, applied_before):
+        member.envelope_id = envelope_id
+    single_again, fresh = delta(deliveries=2), delta()
+    partition = deltas_partition(
+        deltas=[again, single_again, applied_before, also, fresh],
+        max_deliveries=5,
+        applied={applied_before.args[0]},
+    )
+    assert partition.explode == []
+    assert partition.done == [applied_before]
+    assert [[d for d, _ in group] for group in partition.groups] == [
+        [fresh],
+        [again, single_again, also],
+    ]
+
+
+def test_an_envelope_delivered_a_third_time_explodes_except_what_the_ledger_holds():
+    """The deltas of an envelope that came back twice are published again one by one (each then
+    has a delivery count of its own); those the ledger holds are done; a first-delivery
+    envelope's deltas are applied with the other first deliveries."""
     envelope_id, fresh_envelope = str(uuid.uuid4()), str(uuid.uuid4())
-    again, applied_before = delta(deliveries=2), delta(deliveries=2)
+    again, applied_before = delta(deliveries=3), delta(deliveries=3)
     for member in (again, applied_before):
         member.envelope_id = envelope_id
     fresh, single = delta(), delta()
@@ -82,12 +105,12 @@ def test_a_redelivered_envelope_explodes_except_what_the_ledger_holds():
 def test_an_envelope_unpacks_into_deltas_under_their_own_ids_malformed_items_alone():
     good = [str(uuid.uuid4()), "article_views:a", 2, 1700000000.5]
     deltas = envelope_unpack(
-        envelope_id="env", items=[good, 42, ["short"]], deliveries=2, retries=0
+        envelope_id="env", items=[good, 42, ["short"]], deliveries=3, retries=0
     )
     assert [(d.message_id, d.args, d.envelope_id, d.deliveries) for d in deltas] == [
-        (good[0], good[:3], "env", 2),
-        ("env#1", [42], "env", 2),
-        ("env#2", [["short"]], "env", 2),
+        (good[0], good[:3], "env", 3),
+        ("env#1", [42], "env", 3),
+        ("env#2", [["short"]], "env", 3),
     ]
     assert deltas[0].published_at == 1700000000.5 and deltas[0].delivered_as == "env"
     partition = deltas_partition(deltas=deltas, max_deliveries=5, applied=set())
@@ -98,7 +121,8 @@ def test_an_envelope_unpacks_into_deltas_under_their_own_ids_malformed_items_alo
 
 
 def test_an_envelope_over_the_limit_still_goes_alone_and_an_exploded_delta_runs_alone():
-    """An envelope that comes back is never run, so its deliveries do not dead-letter its deltas;
+    """An envelope that comes back twice is not run again, so its deliveries do not dead-letter
+    its deltas;
     a delta published alone out of it is applied in a group of its own from its first delivery."""
     enveloped, exploded, fresh = delta(deliveries=9), delta(), delta()
     enveloped.envelope_id = str(uuid.uuid4())

@@ -82,6 +82,35 @@ class Expect:
     mails: Counter | None = None  # confirmation mails written, per order id
 
 
+def history_since(path: Path, after: float, *, margin: float = 5.0) -> list[dict]:
+    """The entries of one history logged from about ``after`` on, without reading a soak's whole
+    file: lines are appended in the order of their ``t`` (give or take a lock's wait), so a binary
+    search over byte offsets finds where ``t >= after - margin`` begins."""
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        lo, hi = 0, path.stat().st_size
+        while hi - lo > 65536:
+            mid = (lo + hi) // 2
+            f.seek(mid)
+            f.readline()  # the rest of a line cut in the middle
+            try:
+                t = json.loads(f.readline())["t"]
+            except (ValueError, KeyError):
+                t = after  # the end of the file (or a line still being written)
+            lo, hi = (mid, hi) if t < after - margin else (lo, mid)
+        f.seek(lo)
+        if lo:
+            f.readline()
+        entries = []
+        for line in f.read().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
 def read_history(*paths: Path) -> list[dict]:
     entries = []
     for path in paths:
@@ -184,6 +213,10 @@ def _check_counters(verdict: Verdict, incr: list[dict], db, expect: Expect) -> d
     by_key: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for entry in incr:
         by_key[entry["key"]][entry["outcome"]].append(entry)
+    # Grouped once: a soak has hundreds of keys and a million ledger rows.
+    ledger_by_key: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for delta_id, (key, amount, _) in ledger.items():
+        ledger_by_key[key].append((delta_id, amount))
     totals = {}
     for key in keys:
         ok, unknown, failed = (by_key[key][o] for o in ("ok", "unknown", "failed"))
@@ -201,7 +234,7 @@ def _check_counters(verdict: Verdict, incr: list[dict], db, expect: Expect) -> d
         # An unknown answer without an id (its connection was lost) may have been applied: every
         # applied delta nobody knows the id of must be one of them, with its amount.
         known = ok_ids | {e.get("delta_id") for e in unknown + failed}
-        stray = Counter(ledger[i][1] for i in applied if ledger[i][0] == key and i not in known)
+        stray = Counter(a for i, a in ledger_by_key[key] if i in applied and i not in known)
         unsent = stray - Counter(e["amount"] for e in unknown if not e.get("delta_id"))
         if unsent:
             n = sum(unsent.values())
@@ -210,9 +243,13 @@ def _check_counters(verdict: Verdict, incr: list[dict], db, expect: Expect) -> d
             e["amount"] for e in unknown if e.get("delta_id") in applied
         )
         totals[key] += sum(amount * n for amount, n in stray.items())
-        high = sum(e["amount"] for e in ok + unknown if e.get("delta_id") not in dead)
+        # The most the value can be: every ok delta, and every unknown one that adds (an unknown
+        # negative delta may not have been applied).
+        high = sum(e["amount"] for e in ok if e["delta_id"] not in dead) + sum(
+            max(0, e["amount"]) for e in unknown if e.get("delta_id") not in dead
+        )
         value = values.get(key, 0)
-        ledger_sum = sum(amount for k, amount, _ in ledger.values() if k == key)
+        ledger_sum = sum(amount for _, amount in ledger_by_key[key])
         if value != ledger_sum:
             verdict.doubled += abs(value - ledger_sum)
             verdict.problems.append(f"{key}: value {value} != ledger sum {ledger_sum}")

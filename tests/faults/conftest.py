@@ -4,72 +4,24 @@ and the results table, written to tests/faults/results/ and printed at the end."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from project import devservers
 from tasks.broker import rabbitmq_api
 
 from ..conftest import _amqp_base_url, _reachable
 from ..helpers import BASE_DIR
+from .template import seeded_template
 
 RESULTS_DIR = Path(__file__).parent / "results"
-TOKEN = "faults-suite-token-not-a-secret"
-PRODUCTS = {"FAULT-A": 100, "FAULT-B": 250, "FAULT-C": 75}  # sku: price
-INITIAL_STOCK = 1_000_000
-INITIAL_BALANCE = 10**12
-
-SEED = f"""
-from django.contrib.auth import get_user_model
-from orders.auth import token_hash
-from orders.models import Account, ApiToken, Payment, Product
-user = get_user_model().objects.create_user("loader")
-ApiToken.objects.create(user=user, token_hash=token_hash({TOKEN!r}))
-account = Account.objects.create(owner=user, name="load", balance={INITIAL_BALANCE})
-Payment.objects.create(account=account, kind="deposit", amount={INITIAL_BALANCE})
-for sku, price in {PRODUCTS!r}.items():
-    Product.objects.create(sku=sku, name=sku, price=price, stock={INITIAL_STOCK})
-print(account.pk)
-"""
-
 _results: list[dict] = []
 
 
 @pytest.fixture(scope="session")
 def template(tmp_path_factory) -> dict:
     """A stopped PostgreSQL root, migrated and seeded once; each scenario runs on a copy."""
-    root = tmp_path_factory.mktemp("template")
-    server = devservers.start_postgres(root=root)
-    env = {
-        **os.environ,
-        "DATABASE_URL": server.url,
-        "DJANGO_SETTINGS_MODULE": "project.settings.test",
-    }
-    try:
-        for argv in (["migrate", "-v0"], ["shell", "-c", SEED]):
-            done = subprocess.run(
-                [sys.executable, "manage.py", *argv],
-                cwd=BASE_DIR,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )
-            assert done.returncode == 0, done.stderr
-        account = int(done.stdout.strip().splitlines()[-1])
-    finally:
-        server.stop()
-    return {
-        "root": root,
-        "account": account,
-        "token": TOKEN,
-        "skus": sorted(PRODUCTS),
-        "stock": dict.fromkeys(PRODUCTS, INITIAL_STOCK),
-    }
+    return seeded_template(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture(scope="session")

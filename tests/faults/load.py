@@ -126,10 +126,15 @@ class Load:
         # Several web servers (as on several machines): each request goes to one at random.
         self.bases: list[str] = config.get("webs") or [config["web"]]
         self.keys: list[str] = config["keys"]
+        # A soak's Zipf weights (a few hot keys, a long tail); otherwise every key alike.
+        self.weights: list[float] | None = config.get("weights")
+        # Keys that get negative amounts too: never read-checked (their durable value is no floor).
+        self.signed = set(config.get("signed_keys") or ())
+        self.read_keys = [k for k in self.keys if k not in self.signed]
         self.stop_file = Path(config["stop_file"])
         self.log = open(config["log"], "a", buffering=1)
         self.lock = threading.Lock()
-        self.floor: dict[str, int] = dict.fromkeys(self.keys, 0)  # largest durable value seen
+        self.floor: dict[str, int] = dict.fromkeys(self.read_keys, 0)  # largest durable value seen
         self.reads = 0
 
     def record(self, **entry) -> None:
@@ -153,10 +158,17 @@ class Load:
         return http_json(method, base + path, body, headers=headers, timeout=HTTP_TIMEOUT_S)
 
     # --- increments -------------------------------------------------------------------------
+    def pick(self, rng: random.Random) -> tuple[str, int]:
+        """A key and an amount: 1 to 3, or -3 to 3 (never 0) on a signed key."""
+        key = rng.choices(self.keys, self.weights)[0] if self.weights else rng.choice(self.keys)
+        if key in self.signed:
+            return key, rng.choice((-3, -2, -1, 1, 2, 3))
+        return key, rng.randint(1, 3)
+
     def http_increments(self, seed: int) -> None:
         rng = random.Random(seed)
         while self.running():
-            key, amount = rng.choice(self.keys), rng.randint(1, 3)
+            key, amount = self.pick(rng)
             t0 = time.time()
             status, body = self.http("POST", f"/api/counters/{key}/incr", {"amount": amount})
             t = time.time()
@@ -172,7 +184,7 @@ class Load:
 
         rng = random.Random(seed)
         while self.running():
-            key, amount = rng.choice(self.keys), rng.randint(1, 3)
+            key, amount = self.pick(rng)
             t0 = time.time()
             try:
                 increment = services.counter_incr(key=key, amount=amount)
@@ -243,7 +255,7 @@ class Load:
             self.record(op="order", key=order_key, sku=sku, qty=qty, **entry)
             if outcome == "unknown":
                 unknown.append((order_key, sku, qty))
-            time.sleep(self.config["pause"] * 4)
+            time.sleep(self.config.get("order_pause", self.config["pause"] * 4))
         # Resolve: the same Idempotency-Key gets the first answer, or runs now if it never ran.
         deadline = time.monotonic() + 60
         while unknown and time.monotonic() < deadline:
@@ -271,7 +283,8 @@ class Load:
                     url = self.config["database_url"]
                     conn = psycopg.connect(url, autocommit=True, connect_timeout=2)
                 rows = conn.execute(
-                    "SELECT key, value FROM counters_counter WHERE key = ANY(%s)", [self.keys]
+                    "SELECT key, value FROM counters_counter WHERE key = ANY(%s)",
+                    [self.read_keys],
                 ).fetchall()
             except Exception:
                 if conn is not None:
@@ -286,7 +299,7 @@ class Load:
 
     def reader(self) -> None:
         while self.running():
-            for key in self.keys:
+            for key in self.read_keys:
                 with self.lock:
                     floor = self.floor[key]
                 t0 = time.time()
@@ -304,15 +317,22 @@ class Load:
     def run(self) -> None:
         # PostgreSQL may hang (SIGSTOP): the poller is a daemon, never waited for.
         threading.Thread(target=self.floor_poller, daemon=True).start()
+        seed = self.config.get("seed", 0) * 1000
+        http, api = self.config.get("http_threads", 2), self.config.get("api_threads", 1)
         workers = [
-            threading.Thread(target=self.http_increments, args=(1,)),
-            threading.Thread(target=self.http_increments, args=(2,)),
-            threading.Thread(target=self.api_increments, args=(3,)),
-            threading.Thread(target=self.orders, args=(4,)),
+            *(
+                threading.Thread(target=self.http_increments, args=(seed + 1 + i,))
+                for i in range(http)
+            ),
+            *(
+                threading.Thread(target=self.api_increments, args=(seed + 100 + i,))
+                for i in range(api)
+            ),
+            threading.Thread(target=self.orders, args=(seed + 200,)),
             threading.Thread(target=self.reader),
         ]
         if self.config.get("tx_keys"):
-            workers.append(threading.Thread(target=self.tx_increments, args=(5,)))
+            workers.append(threading.Thread(target=self.tx_increments, args=(seed + 300,)))
         for thread in workers:
             thread.start()
         for thread in workers:

@@ -24,15 +24,12 @@ from tasks.broker import rabbitmq_api
 
 from ..helpers import BASE_DIR, wait_for
 from . import scenarios as sc
-from .checker import RECOVERY_GRACE_S, RECOVERY_OKS, Expect, Verdict, check, read_history
-from .cluster import Cluster, DrainTimeout
+from .checker import RECOVERY_GRACE_S, RECOVERY_OKS, Expect, Verdict, history_since
+from .cluster import Cluster
 from .load import incr_outcome
+from .settle import DRAIN_TIMEOUT_S, settle_and_check
 
 WARM_OPS = 30  # ok increments logged before the fault is injected (half by HTTP, half by API)
-DRAIN_TIMEOUT_S = 240
-# Every committed outbox row published after the load stopped: a relay that failed waits up to
-# OUTBOX_RETRY_MAX_S (10 s) between passes, and PostgreSQL may just be back.
-OUTBOX_TIMEOUT_S = 120
 POOL_SIGKILL = r"exited with 'signal 9 \(SIGKILL\)'"  # billiard, of a pool process
 WEB_SIGKILL = r"was sent SIGKILL"  # gunicorn, of a worker
 
@@ -254,7 +251,7 @@ def wait_ok_increments(path, count: int, *, after: float = 0.0, timeout: float =
 
     def enough():
         oks = {"http": 0, "api": 0}
-        for e in read_history(path):
+        for e in history_since(path, after):
             if e["op"] == "incr" and e["outcome"] == "ok" and e.get("t0", e["t"]) >= after:
                 oks[e["via"]] = oks.get(e["via"], 0) + 1
         return min(oks.values()) >= count
@@ -267,14 +264,6 @@ def answer_bound_s(env: dict[str, str]) -> float:
     the confirm timeout, plus a socket timeout, plus 2 s."""
     publish_s = float(env["COUNTER_PUBLISH_TIMEOUT_S"])
     return 2 * publish_s + float(env["BROKER_SOCKET_TIMEOUT_S"]) + 2
-
-
-def drain(cluster: Cluster, verdict: Verdict, *, timeout: float) -> None:
-    try:
-        verdict.drain_s += cluster.drain(timeout=timeout)
-    except DrainTimeout as exc:
-        verdict.drain_s += exc.waited
-        verdict.problems.append(str(exc))
 
 
 @pytest.mark.parametrize(("scenario", "broker", "copies"), CASES, ids=[case_id(*c) for c in CASES])
@@ -356,37 +345,19 @@ def run_scenario(scenario, broker, template, amqp_base, tmp_path, record_result,
         time.sleep(max(0.0, fault_over + RECOVERY_GRACE_S + 1.5 - time.time()))
         stop_file.touch()
         load.wait(180)
-        try:  # what the transactions committed, into the queues (the relay)
-            verdict.drain_s += cluster.wait_outbox_sent(timeout=OUTBOX_TIMEOUT_S)
-        except AssertionError:
-            verdict.problems.append(
-                f"outbox not published after {OUTBOX_TIMEOUT_S} s: "
-                f"{cluster.outbox_unsent()} rows unsent"
-            )
-        drain(cluster, verdict, timeout=90 if scenario.apply_within_s else DRAIN_TIMEOUT_S)
-        # What operations run on a schedule (beat): reconcile the cache and re-publish pending
-        # deltas that are neither applied nor dead-lettered (a message the broker lost).
-        done = cluster.manage("counters", "reconcile", "--republish-after", "0")
-        (tmp_path / "reconcile.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0:
-            verdict.problems.append(f"counters reconcile failed: {done.stderr[-500:]}")
-        verdict.republished = sum(
-            int(m.group(1)) for m in re.finditer(r"re-published (\d+) stranded", done.stdout)
-        )
-        if verdict.republished:
-            drain(cluster, verdict, timeout=60)
-        verdict.restarts = cluster.restarts
-        for extra_check in run.checks:
-            extra_check(verdict)
-        history = read_history(ops_log, tmp_path / "harness.jsonl")
         web_url = f"http://127.0.0.1:{cluster.web_port}"
         expect = Expect(web_url, cluster.cache_url, template["stock"], fault_over)
         expect.dead_key = special if scenario.poison else None
         expect.answer_bound_s = answer_bound_s(cluster.env()) if scenario.answer_bound else None
         expect.apply_within_s = scenario.apply_within_s
-        expect.mails = cluster.mails()
-        with cluster.db() as db:
-            check(verdict=verdict, history=history, db=db, expect=expect)
+        settle_and_check(
+            cluster=cluster,
+            verdict=verdict,
+            histories=[ops_log, tmp_path / "harness.jsonl"],
+            expect=expect,
+            drain_timeout=90 if scenario.apply_within_s else DRAIN_TIMEOUT_S,
+            checks=run.checks,
+        )
     except Exception as exc:
         verdict.problems.append(f"harness: {type(exc).__name__}: {exc}")
         raise
