@@ -12,7 +12,7 @@ from celery_batches.trace import apply_batches_task
 from .envelopes import ENVELOPE_KWARG
 
 # A message whose sender asks that it run in a pool job of its own, like a redelivered one: an
-# item of an envelope whose worker died, published again alone (counters/services/apply.py).
+# item of an envelope that came back twice, published again alone (counters/services/apply.py).
 ALONE_KWARG = "alone"
 
 logger = logging.getLogger(__name__)
@@ -59,20 +59,12 @@ class OutcomeBatches(Batches):
             logger.warning("could not send %s event: %r", kind, exc)
 
     def flush(self, requests):
-        # A redelivered message was in a batch whose process died, or held by a consumer whose
-        # connection or broker node went away. Delivered a second time (the broker's count says
-        # so), it is batched with other second deliveries only: after a node restart those are
-        # thousands, and one pool job each applied a few deltas a second. Later than that it runs
-        # in a pool job of its own, so a poison delta takes its batch down twice, then only
-        # itself, and the fresh messages never share a job with it.
-        fresh = [r for r in requests if not redelivered(r)]
-        second = [r for r in requests if redelivered(r) and seen_once(r)]
-        alone = [r for r in requests if redelivered(r) and not seen_once(r)]
+        fresh, second, alone = delivery_tiers(requests)
         groups = self._by_items(fresh) + self._by_items(second) + [[r] for r in alone]
         return [self._flush_group(group) for group in groups]
 
     def _by_items(self, requests) -> list[list]:
-        """Fresh messages in groups of at most ``max_items`` items (an envelope counts its
+        """Messages in groups of at most ``max_items`` items (an envelope counts its
         items), each group one pool job: ``flush_every`` counts messages, and a batch of full
         envelopes would otherwise be one transaction of many thousands of deltas."""
         limit = getattr(self, "max_items", None)
@@ -166,13 +158,35 @@ def int_or_zero(value) -> int:
         return 0
 
 
-def seen_once(request) -> bool:
-    """Delivered exactly once before, as RabbitMQ's quorum queues count (``x-delivery-count``
-    1), and not marked to run alone. The Redis broker's count is only known inside the pool job
+def delivery_tiers(requests) -> tuple[list, list, list]:
+    """(fresh, second, alone): which messages may share a pool job.
+
+    A redelivered message was in a batch whose process died, or held by a consumer whose
+    connection or broker node went away. An envelope delivered a second time (RabbitMQ's count
+    says so) shares jobs with other such envelopes only: after a node restart those are
+    thousands, and a job each applied a few dozen deltas a second (the soak, docs/soak.md). An
+    envelope's deliveries never dead-letter its deltas, so a poison among them costs the others
+    nothing but a third delivery, on which they go alone. Every other redelivered message runs
+    in a job of its own: a single's deliveries count towards its limit, and an innocent one must
+    not spend them beside a poison."""
+    fresh, second, alone = [], [], []
+    for request in requests:
+        if not redelivered(request):
+            fresh.append(request)
+        elif _envelope_seen_once(request):
+            second.append(request)
+        else:
+            alone.append(request)
+    return fresh, second, alone
+
+
+def _envelope_seen_once(request) -> bool:
+    """An envelope delivered exactly once before, as RabbitMQ's quorum queues count
+    (``x-delivery-count`` 1). The Redis broker's count is only known inside the pool job
     (tasks/services.py), so there a redelivered message always gets a job of its own."""
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
     count = int_or_zero(request.request_dict.get("x-delivery-count"))
-    return count == 1 and not kwargs.get(ALONE_KWARG)
+    return count == 1 and ENVELOPE_KWARG in kwargs and not kwargs.get(ALONE_KWARG)
 
 
 def redelivered(request) -> bool:

@@ -22,8 +22,8 @@ class IncomingDelta:
     deliveries: int = 1
     published_at: float | None = None
     envelope_id: str | None = None
-    # Published alone out of an envelope that came back (its worker died): applied in a group of
-    # its own from its first delivery, so a delta that kills its worker takes only itself down.
+    # Published alone out of an envelope that came back twice: applied in a group of its own from
+    # its first delivery, so a delta that kills its worker takes only itself down.
     alone: bool = False
 
     @property
@@ -56,9 +56,9 @@ class Partition:
     done: list[IncomingDelta] = field(default_factory=list)
     over_limit: list[IncomingDelta] = field(default_factory=list)  # dead-letter: worker lost
     malformed: list[tuple[IncomingDelta, str]] = field(default_factory=list)  # dead-letter
-    # Applied in this order: every first delivery together, every second delivery together
-    # (envelopes whole), then each later one alone: a poison delta takes its batch down twice,
-    # then only itself.
+    # Applied in this order: every first delivery together, the envelopes delivered a second time
+    # together (whole), then each other redelivered delta alone (a single's deliveries count
+    # towards its limit: an innocent one must not spend them beside a poison).
     groups: list[list[tuple[IncomingDelta, Parsed]]] = field(default_factory=list)
     # Of an envelope delivered a third time, not in the ledger: published again one message each,
     # so that each has its own delivery count and a poison delta takes only itself down.
@@ -86,10 +86,10 @@ def deltas_partition(
                 continue
             if delta.deliveries == 1 and not delta.alone:
                 fresh.append((delta, parsed))
-            elif delta.deliveries == 2 and not delta.alone:
-                # Most second deliveries are a broker node's or a connection's loss giving back
-                # everything its consumers held (thousands of envelopes after a node restart,
-                # measured by the soak): exploding them all made one transaction per delta.
+            elif delta.deliveries == 2 and delta.envelope_id:
+                # Most are a broker node's or a connection's loss giving back everything its
+                # consumers held (thousands of envelopes after a node restart, measured by the
+                # soak): exploding them all made one transaction per delta.
                 second.append((delta, parsed))
             elif delta.envelope_id:
                 partition.explode.append((delta, parsed))

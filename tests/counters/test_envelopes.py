@@ -155,9 +155,9 @@ def test_a_poison_delta_is_dead_lettered_alone_and_its_envelope_mates_applied(
 def test_a_redelivered_envelope_goes_alone_and_only_its_killer_is_dead_lettered(
     broker, database_url, cache_redis, worker_log_dir
 ):
-    """A delta that kills its worker takes its whole envelope down once; the envelope comes back
-    and each of its deltas is published again on its own, so the innocent ones are applied and
-    only the killer reaches the delivery limit."""
+    """A delta that kills its worker takes its whole envelope down twice (a second delivery is
+    applied whole); the envelope comes back again and each of its deltas is published on its
+    own, so the innocent ones are applied and only the killer reaches the delivery limit."""
     innocent, killer = "article_views:env-survivor", "article_views:env-killer"
     items, (_, bad, _) = envelope((innocent, 1), (killer, 5), (innocent, 1))
     with counters_worker(

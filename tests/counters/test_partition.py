@@ -15,18 +15,17 @@ def delta(*, key="article_views:a", amount=1, deliveries=1, args=None) -> Incomi
     )
 
 
-def test_first_deliveries_go_together_then_second_ones_together_then_each_later_one_alone():
+def test_first_deliveries_go_together_first_and_each_redelivered_single_alone():
+    """A single's deliveries count towards its limit: from its second, it runs alone."""
     first, second = delta(), delta(amount=2)
-    again, again_too = delta(deliveries=2), delta(deliveries=2)
-    third, fifth = delta(deliveries=3), delta(deliveries=5)
+    again, again_too = delta(deliveries=2), delta(deliveries=5)
     partition = deltas_partition(
-        deltas=[again, first, fifth, again_too, third, second], max_deliveries=5, applied=set()
+        deltas=[again, first, again_too, second], max_deliveries=5, applied=set()
     )
     assert [[d for d, _ in group] for group in partition.groups] == [
         [first, second],
-        [again, again_too],
-        [fifth],
-        [third],
+        [again],
+        [again_too],
     ]
     assert partition.groups[0][1][1] == (second.message_id, "article_views:a", 2)
     assert not (partition.done or partition.over_limit or partition.malformed)
@@ -68,9 +67,10 @@ def test_an_envelope_delivered_a_second_time_is_applied_whole_with_the_second_de
     again, also, applied_before = delta(deliveries=2), delta(deliveries=2), delta(deliveries=2)
     for member in (again, also, applied_before):
         member.envelope_id = envelope_id
-    single_again, fresh = delta(deliveries=2), delta()
+    other_envelope, single_again, fresh = delta(deliveries=2), delta(deliveries=2), delta()
+    other_envelope.envelope_id = str(uuid.uuid4())
     partition = deltas_partition(
-        deltas=[again, single_again, applied_before, also, fresh],
+        deltas=[again, single_again, applied_before, other_envelope, also, fresh],
         max_deliveries=5,
         applied={applied_before.args[0]},
     )
@@ -78,7 +78,8 @@ def test_an_envelope_delivered_a_second_time_is_applied_whole_with_the_second_de
     assert partition.done == [applied_before]
     assert [[d for d, _ in group] for group in partition.groups] == [
         [fresh],
-        [again, single_again, also],
+        [again, other_envelope, also],
+        [single_again],
     ]
 
 
@@ -133,3 +134,38 @@ def test_an_envelope_over_the_limit_still_goes_alone_and_an_exploded_delta_runs_
     assert partition.over_limit == []
     assert [d for d, _ in partition.explode] == [enveloped]
     assert [[d for d, _ in group] for group in partition.groups] == [[fresh], [exploded]]
+
+
+def test_only_envelopes_delivered_a_second_time_share_pool_jobs_with_each_other():
+    """tasks/batches.py: fresh messages together, envelopes RabbitMQ counts as delivered once
+    before together, everything else redelivered (a single, an envelope seen twice, one the Redis
+    broker gave back without a count, one marked alone) in a job of its own."""
+    from types import SimpleNamespace
+
+    from tasks.batches import ALONE_KWARG, delivery_tiers
+    from tasks.envelopes import ENVELOPE_KWARG
+
+    def request(count=None, *, envelope=True, redelivered=False, alone=False):
+        kwargs = {ENVELOPE_KWARG: [[str(uuid.uuid4()), "article_views:a", 1, 0.0]]}
+        kwargs = kwargs if envelope else {}
+        if alone:
+            kwargs[ALONE_KWARG] = True
+        headers = {} if count is None else {"x-delivery-count": count}
+        return SimpleNamespace(
+            request_dict=headers, kwargs=kwargs, delivery_info={"redelivered": redelivered}
+        )
+
+    fresh, fresh_single = request(), request(envelope=False)
+    second, second_too = request(1, redelivered=True), request("1", redelivered=True)
+    single_again = request(1, envelope=False, redelivered=True)
+    third = request(2, redelivered=True)
+    from_redis = request(redelivered=True)
+    alone = request(envelope=False, alone=True)
+    tiers = delivery_tiers(
+        [fresh, second, single_again, third, fresh_single, from_redis, second_too, alone]
+    )
+    assert tiers == (
+        [fresh, fresh_single],
+        [second, second_too],
+        [single_again, third, from_redis, alone],
+    )

@@ -132,6 +132,7 @@ class Cluster:
     # A RabbitMQ cluster of the scenario's own (else the machine's node).
     rabbit: RabbitCluster | None = None
     copies: int = 1  # web servers and counters workers, each its own process group
+    extra_env: dict[str, str] = field(default_factory=dict)  # every process's, over the above
     procs: dict[str, Proc] = field(default_factory=dict)
     restarts: int = 0
     servers: dict[str, devservers.Server] = field(default_factory=dict)
@@ -206,6 +207,7 @@ class Cluster:
             "EMAIL_FILE_PATH": str(self.mail_dir),
             "PYTHONUNBUFFERED": "1",
             **({"RABBITMQ_MANAGEMENT_URL": self.rabbit.management_url} if self.rabbit else {}),
+            **self.extra_env,
         }
 
     @property

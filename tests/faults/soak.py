@@ -63,6 +63,16 @@ API_THREADS = 12
 ORDER_PAUSE_S = 0.25  # an order every ~quarter second per load process
 PROGRESS_EVERY_S = 5.0
 RECOVERED_OKS = 5  # ok increments of each kind after a fault before the next one is drawn
+# The production values of what the test settings shorten: the soak runs as deployed (retry
+# backoff up to 300 s, 5 s publish and socket timeouts, 200 ms batch interval).
+PRODUCTION_ENV = {
+    "TASK_RETRY_BACKOFF_BASE": "1.0",
+    "TASK_RETRY_BACKOFF_MAX": "300",
+    "TASK_MAX_RETRIES": "8",
+    "COUNTER_BATCH_INTERVAL_MS": "200",
+    "COUNTER_PUBLISH_TIMEOUT_S": "5",
+    "BROKER_SOCKET_TIMEOUT_S": "5",
+}
 
 
 def _signal_group(proc, sig: int = signal.SIGKILL) -> int:
@@ -349,6 +359,7 @@ def soak(args: argparse.Namespace) -> dict:
         amqp_base=_amqp_base_url(),
         rabbit=rabbit,
         copies=2,
+        extra_env=PRODUCTION_ENV,
     )
     cluster.root.mkdir()
     faults: list[Drawn] = []
@@ -415,6 +426,7 @@ def soak(args: argparse.Namespace) -> dict:
                 "rabbit_nodes": 3,
                 "webs": 2,
                 "counters_workers": 2,
+                "env": PRODUCTION_ENV,
             },
         }
     finally:

@@ -98,7 +98,7 @@ class Run:
 
         def check(verdict: Verdict) -> None:
             found = self.log_matches(r"batch committed: \d+ deltas, \d+ new, (\d+) already applied")
-            # A redelivered envelope is not run: the ledger lookup before it finds them applied.
+            # A redelivered envelope's deltas are looked up in the ledger before it runs.
             found += self.log_matches(r"redelivered: (\d+) deltas found in the ledger")
             k = sum(int(n) for n in found)
             what = f"{k} deltas reached the ledger again in a later transaction ({why})"
