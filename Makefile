@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults soak bench lint format clean
+.PHONY: run test test-faults soak bench lint format lock clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ soak: $(STAMP)
 ## Each path beside its baseline in one run; writes bench/results/latest.{json,png,md}.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## Lock the dependencies with hashes (pip-tools): requirements/runtime.txt (the image) and
+## requirements.txt (what .venv gets: runtime, development and tests, benchmarks).
+lock: $(STAMP)
+	cd requirements && ../$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links -o runtime.txt runtime.in
+	cd requirements && ../$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links -o ../requirements.txt all.in
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

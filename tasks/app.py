@@ -29,3 +29,14 @@ def _drop_failed_database_connections(**kwargs) -> None:
     for conn in connections.all(initialized_only=True):
         if conn.errors_occurred:
             conn.close_if_unusable_or_obsolete()
+
+
+@signals.worker_ready.connect
+def _serve_worker_metrics(**kwargs) -> None:
+    """A worker container's metrics endpoint (WORKER_METRICS_PORT; docker-compose.yml sets it),
+    started once the pool runs, in the main process."""
+    port = int(os.environ.get("WORKER_METRICS_PORT") or 0)
+    if port:
+        from .metrics import worker_metrics_serve
+
+        worker_metrics_serve(port=port)

@@ -9,9 +9,15 @@ CELERY_BEAT_SCHEDULE["orders-prune-idempotency-keys"] = {
     "task": "orders.prune_idempotency_keys",
     "schedule": 3600.0,
 }
-# Order confirmations: files under .local/mail in development; SMTP (EMAIL_URL) in production.
+# Order confirmations: files under .local/mail in development; in production EMAIL_URL, e.g.
+# smtp+tls://user:password@smtp.example.com:587 (django-environ: smtp; smtp+tls and smtps for
+# STARTTLS; smtp+ssl for implicit TLS; consolemail, filemail, ...), which sets EMAIL_BACKEND,
+# EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS and EMAIL_USE_SSL.
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.filebased.EmailBackend")
 EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(BASE_DIR / ".local" / "mail"))
+if env("EMAIL_URL", default=""):
+    vars().update(env.email_url("EMAIL_URL"))
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)  # an SMTP server that hangs fails the send
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="shop@example.invalid")
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/shop/"

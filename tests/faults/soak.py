@@ -360,6 +360,7 @@ def soak(args: argparse.Namespace) -> dict:
         rabbit=rabbit,
         copies=2,
         extra_env=PRODUCTION_ENV,
+        visibility_timeout=sc.PRODUCTION_VISIBILITY_TIMEOUT_S,  # unused on RabbitMQ; checked
     )
     cluster.root.mkdir()
     faults: list[Drawn] = []
@@ -452,7 +453,11 @@ def main() -> int:
         parser.error("--increments must be at least 1 and --fault-every above 0")
     if args.http_threads < 1 or args.api_threads < 1:
         parser.error("--http-threads and --api-threads must be at least 1: the soak mixes both")
-    result = soak(args)
+    try:
+        result = soak(args)
+    except Exception as exc:  # a process that would not start, a load that died: say so plainly
+        print(f"soak failed before its verdict: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     write_report(result, out=args.out)
     verdict = result["verdict"]
     print(f"lost {verdict['lost']}, doubled {verdict['doubled']}, passed {verdict['passed']}")

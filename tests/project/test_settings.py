@@ -34,3 +34,46 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
     result = manage("check", env=env)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+MAIL_SETTINGS = (
+    "from django.conf import settings as s; print(s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT, "
+    "s.EMAIL_HOST_USER, s.EMAIL_HOST_PASSWORD, s.EMAIL_USE_TLS, s.EMAIL_USE_SSL)"
+)
+
+
+def test_mail_is_configured_from_one_url_in_the_environment():
+    env = {
+        **PRODUCTION_SECRETS,
+        "EMAIL_URL": "smtp+tls://shop%40example.com:s3cr%2Ft@mx.example.com:587",
+    }
+    result = manage("shell", "--no-imports", "-c", MAIL_SETTINGS, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "django.core.mail.backends.smtp.EmailBackend",
+        "mx.example.com",
+        "587",
+        "shop@example.com",
+        "s3cr/t",
+        "True",
+        "False",
+    ]
+    env["EMAIL_URL"] = "smtp+ssl://u:p@mx.example.com:465"  # implicit TLS (smtps means STARTTLS)
+    assert manage("shell", "--no-imports", "-c", MAIL_SETTINGS, env=env).stdout.split()[-2:] == [
+        "False",
+        "True",
+    ]
+
+
+def test_without_a_mail_url_development_writes_mail_to_files():
+    env = {"DJANGO_SETTINGS_MODULE": "project.settings.base", "EMAIL_URL": ""}
+    result = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        "from django.conf import settings as s; print(s.EMAIL_BACKEND)",
+        env=env,
+    )
+    assert result.stdout.strip() == "django.core.mail.backends.filebased.EmailBackend", (
+        result.stderr
+    )

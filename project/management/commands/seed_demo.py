@@ -33,6 +33,13 @@ DEMO_PRODUCTS = [
 class Command(BaseCommand):
     help = "Create the demo data and the admin user (idempotent; run by `make run`)."
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--admin-only",
+            action="store_true",
+            help="Only create or update the admin user (production: no demo articles or products).",
+        )
+
     def handle(self, *args, **options) -> None:
         username = settings.DJANGO_ADMIN_USER
         password = settings.DJANGO_ADMIN_PASSWORD
@@ -45,6 +52,8 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         self.stdout.write(f"admin user {username!r} {'created' if created else 'updated'}")
+        if options["admin_only"]:
+            return
         for slug, title, body in DEMO_ARTICLES:
             Article.objects.get_or_create(slug=slug, defaults={"title": title, "body": body})
         self.stdout.write(f"{len(DEMO_ARTICLES)} demo articles")
