@@ -2,6 +2,7 @@
 
 from .base import *  # noqa: F403
 from .base import env
+from .counters import rate_limit_parse
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: refuse to start without a real secret
 DEBUG = False
@@ -16,3 +17,8 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# The public counter beacon: 120 increments a minute per client and namespace unless set.
+COUNTER_RATE_LIMIT = rate_limit_parse(
+    env("COUNTER_RATE_LIMIT", default="120/60"), name="COUNTER_RATE_LIMIT"
+)
