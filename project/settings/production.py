@@ -1,7 +1,7 @@
 """Production settings: secrets must come from the environment; HTTPS everywhere."""
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import LOGGING, env
 from .counters import rate_limit_parse
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: refuse to start without a real secret
@@ -22,3 +22,8 @@ X_FRAME_OPTIONS = "DENY"
 COUNTER_RATE_LIMIT = rate_limit_parse(
     env("COUNTER_RATE_LIMIT", default="120/60"), name="COUNTER_RATE_LIMIT"
 )
+
+# Per-batch and per-delta lines (counters and task delivery) at WARNING: retries, dead letters and
+# failures still show; a line per batch at INFO would be most of the log.
+for _logger in ("counters", "tasks"):
+    LOGGING["loggers"][_logger] = {"level": env("LOG_LEVEL_DELIVERY", default="WARNING")}
