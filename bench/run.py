@@ -293,6 +293,9 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     web_envelope_bump, base_envelope_bump = gunicorn(
         "web-envelope-bump", {"COUNTER_ENVELOPE_BUMP": "true"}
     )
+    # The beacon's per-client limit checked on every request (one Lua call), at a rate it never
+    # refuses: what the check costs (counters/ratelimit.py).
+    web_limited, base_limited = gunicorn("web-rate-limited", {"COUNTER_RATE_LIMIT": "1000000000/1"})
     on_redis = {"CELERY_BROKER_URL": redis_broker}
     web_redis, base_redis = gunicorn("web-redis-broker", on_redis)
     worker = counters_worker(env, tmp, "http-apply")
@@ -309,6 +312,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
         "ours": f"{base}/api/counters/article_views:hot/incr",
         "ours_one_message_per_delta": f"{base_single}/api/counters/article_views:hot/incr",
         "ours_envelope_bump": f"{base_envelope_bump}/api/counters/article_views:hot/incr",
+        "ours_rate_limited": f"{base_limited}/api/counters/article_views:hot/incr",
         "ours_redis_broker": f"{base_redis}/api/counters/article_views:hot-redis/incr",
         "lossy": f"{base}/bench/lossy/article_views:lossy/incr",
         "naive": f"{base}/bench/naive/article_views:naive/incr",
@@ -319,6 +323,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
         "ours": ("article_views:hot", None),
         "ours_one_message_per_delta": ("article_views:hot", None),
         "ours_envelope_bump": ("article_views:hot", None),
+        "ours_rate_limited": ("article_views:hot", None),
         "ours_redis_broker": ("article_views:hot-redis", redis_broker),
     }
     results: dict[str, list] = {name: [] for name in cases}
@@ -361,7 +366,15 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
         lossy.flush()
         durable_lossy = Counter.objects.get(key="article_views:lossy").value
     finally:
-        for process in (web, web_single, web_envelope_bump, web_redis, worker, worker_redis):
+        for process in (
+            web,
+            web_single,
+            web_envelope_bump,
+            web_limited,
+            web_redis,
+            worker,
+            worker_redis,
+        ):
             stop(process)
         stop(flusher)
     summary = {
@@ -695,6 +708,7 @@ def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
 HTTP_CASES = (
     "ours",
     "ours_envelope_bump",
+    "ours_rate_limited",
     "ours_one_message_per_delta",
     "ours_redis_broker",
     "lossy",
@@ -720,6 +734,7 @@ def report(results: dict) -> list[str]:
         ours, single = http["ours"], http["ours_one_message_per_delta"]
         naive, none, lossy = http["naive"], http["no_counting"], http["lossy"]
         envelope_bump, on_redis = http["ours_envelope_bump"], http["ours_redis_broker"]
+        limited = http.get("ours_rate_limited")
         cpu_ours, cpu_lossy, cpu_redis = (
             sum(c["cpu_ms_per_request"].values()) for c in (ours, lossy, on_redis)
         )
@@ -741,6 +756,15 @@ def report(results: dict) -> list[str]:
             f"| HTTP req/s: cache bump per envelope (experimental) vs per request | "
             f"{envelope_bump['rps']:.0f} (p99 {envelope_bump['p99_ms']} ms) | {ours['rps']:.0f} | "
             f"{ratio(envelope_bump['rps'], ours['rps'])} | |",
+            *(
+                [
+                    f"| HTTP req/s: the beacon's rate limit checked vs not | "
+                    f"{limited['rps']:.0f} (p99 {limited['p99_ms']} ms) | {ours['rps']:.0f} | "
+                    f"{ratio(limited['rps'], ours['rps'])} | |"
+                ]
+                if limited
+                else []
+            ),
             f"| CPU ms per increment (whole box) vs the lossy Redis buffer | {cpu_ours:.2f} | "
             f"lossy {cpu_lossy:.2f} | {ratio(cpu_ours, cpu_lossy)} | <= 2x |",
             f"| CPU ms per increment (whole box), Redis broker vs the lossy Redis buffer | "
@@ -858,6 +882,7 @@ def chart(results: dict, path: Path) -> None:
         "ours": "ours\n(group commit)",
         "ours_one_message_per_delta": "ours, one\nmessage per\ndelta",
         "ours_envelope_bump": "ours, cache\nbump per\nenvelope",
+        "ours_rate_limited": "ours, rate\nlimit\nchecked",
         "ours_redis_broker": "ours on the\nRedis broker",
         "lossy": "lossy\nRedis buffer",
         "naive": "naive\nUPDATE",
@@ -869,6 +894,7 @@ def chart(results: dict, path: Path) -> None:
         color=[
             "tab:blue",
             "tab:purple",
+            "tab:brown",
             "tab:cyan",
             "tab:green",
             "tab:olive",

@@ -1,8 +1,10 @@
 """Counter API (a beacon: no session, no CSRF token) and the article pages."""
 
 import logging
+import math
 
 import redis.exceptions
+from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
@@ -11,8 +13,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from common.json_api import json_error, json_object_body
 from tasks.policy import MAYBE_TRANSIENT, is_transient
 
-from . import readers, selectors, services
-from .keys import InvalidCounter
+from . import cache, ratelimit, readers, selectors, services
+from .keys import InvalidCounter, key_validate
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +27,26 @@ def _amount_from_body(request) -> int:
     return payload.get("amount", 1)
 
 
+def _too_many(namespace: str, wait: float):
+    retry_after = max(1, math.ceil(wait))
+    response = json_error(
+        429, f"too many increments of {namespace} from this client: retry in {retry_after} s"
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
 @csrf_exempt
 def counter_incr_view(request, key: str):
     if request.method != "POST":
         return json_error(405, "use POST")
     try:
         amount = _amount_from_body(request)
+        namespace, _ = key_validate(key=key)
+        # Before anything is counted: a refused request costs one Redis call, nothing else.
+        wait = ratelimit.beacon_wait(namespace=namespace, client=ratelimit.client_of(request))
+        if wait > 0:
+            return _too_many(namespace, wait)
         increment = services.counter_incr(key=key, amount=amount)
     except InvalidCounter as exc:
         return json_error(400, str(exc))
@@ -78,6 +94,19 @@ def _visitor_id(request) -> str:
     return request.session.session_key
 
 
+def _first_view(request, slug: str) -> bool:
+    """Whether this session's view of the article counts: one per COUNTER_VIEW_WINDOW_S (a
+    reload is not a reader). A cache that does not answer counts it."""
+    window = settings.COUNTER_VIEW_WINDOW_S
+    if window <= 0:
+        return True
+    try:
+        seen = f"seen:{slug}:{_visitor_id(request)}"
+        return bool(cache.client().set(seen, 1, nx=True, ex=window))
+    except redis.exceptions.RedisError:
+        return True
+
+
 @require_http_methods(["GET"])
 def article_detail(request, slug: str):
     article = selectors.article_get(slug=slug)
@@ -85,7 +114,8 @@ def article_detail(request, slug: str):
         raise Http404("no such article")
     counted = True
     try:
-        services.counter_incr(key=article.views_key)
+        if _first_view(request, article.slug):
+            services.counter_incr(key=article.views_key)
     except services.CounterUnavailable:
         counted = False  # the page still renders; this view just was not counted
     try:

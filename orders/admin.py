@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from . import staff
 from .models import (
     Account,
+    ApiToken,
     IdempotencyRecord,
     Order,
     OrderLine,
@@ -14,6 +15,7 @@ from .models import (
     StockChange,
 )
 from .services import OrderInputError, account_deposit, order_cancel
+from .tokens import api_tokens_revoke
 
 
 class PaymentInline(admin.TabularInline):
@@ -196,3 +198,33 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created with ``manage.py api_token`` (the secret is shown once); here they are
+    listed (first characters, never the token) and revoked."""
+
+    list_display = ["prefix", "user", "created_at", "expires_at", "revoked_at", "state"]
+    list_filter = ["revoked_at"]
+    search_fields = ["user__username", "prefix"]
+    readonly_fields = ["user", "prefix", "created_at", "expires_at", "revoked_at"]
+    exclude = ["token_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # revoked, not deleted: the list keeps who had access
+
+    @admin.display(description="state")
+    def state(self, obj: ApiToken) -> str:
+        from django.utils import timezone
+
+        return obj.refusal(now=timezone.now()) or "active"
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset) -> None:
+        count = api_tokens_revoke(ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

@@ -1,20 +1,16 @@
 """Who is calling the orders API: a bearer token (API clients) or a session (the site).
 
 * ``Authorization: Bearer <token>`` (``manage.py api_token USERNAME`` makes one; only its sha256 is
-  stored). No cookie is involved, so no CSRF check is needed.
+  stored; an expired or revoked one is refused). No cookie is involved, so no CSRF check is needed.
 * Otherwise the Django session; a state-changing request must then pass Django's CSRF check
   (the ``X-CSRFToken`` header), because a cookie is sent by the browser on its own.
 """
 
-import hashlib
-
 from django.middleware.csrf import CsrfViewMiddleware
 
-from .models import ApiToken
+from .tokens import TokenError, api_token_user, token_hash
 
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+__all__ = ["CsrfFailed", "NotAuthenticated", "can_use_account", "request_user", "token_hash"]
 
 
 class NotAuthenticated(Exception):
@@ -28,14 +24,10 @@ class CsrfFailed(Exception):
 def request_user(request):
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        token = (
-            ApiToken.objects.select_related("user")
-            .filter(token_hash=token_hash(header[7:].strip()))
-            .first()
-        )
-        if token is None or not token.user.is_active:
-            raise NotAuthenticated("invalid token")
-        return token.user
+        try:
+            return api_token_user(secret=header[7:].strip())
+        except TokenError as exc:  # invalid, expired or revoked: 401 with the reason
+            raise NotAuthenticated(str(exc)) from None
     if not request.user.is_authenticated:
         raise NotAuthenticated("log in or send Authorization: Bearer <token>")
     if request.method not in ("GET", "HEAD", "OPTIONS"):

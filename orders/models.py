@@ -104,17 +104,30 @@ class IdempotencyRecord(models.Model):
 
 
 class ApiToken(models.Model):
-    """A bearer token for API clients (``Authorization: Bearer <token>``); only its hash is kept.
-    Create one with ``manage.py api_token USERNAME``."""
+    """A bearer token for API clients (``Authorization: Bearer <token>``); only its hash is kept,
+    and its first characters, to tell tokens apart in lists. Created, listed and revoked with
+    ``manage.py api_token`` (orders/tokens.py); revoked in the admin too. An expired or revoked
+    token is refused (401)."""
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
     token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=8, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)  # null: never
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
-        return f"token of {self.user_id}"
+        return f"{self.prefix or '?'}... of user {self.user_id}"
+
+    def refusal(self, *, now) -> str | None:
+        """Why this token cannot be used now, or None."""
+        if self.revoked_at is not None:
+            return "token revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "token expired"
+        return None
 
 
 class StockChange(models.Model):

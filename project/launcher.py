@@ -27,6 +27,7 @@ from pathlib import Path
 
 from project import devservers
 from project.processes import process_commands
+from project.runstate import running_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 20.0
@@ -98,6 +99,7 @@ class Launcher:
     def __init__(self) -> None:
         self.state = devservers.state_dir("run")
         self.state.mkdir(parents=True, exist_ok=True)
+        running_file().unlink(missing_ok=True)  # left by a run that was killed
         self.env = build_env(self.state)
         self.bind_host = self.env.get("BIND_HOST", "127.0.0.1")
         self.web_port = int(self.env.get("WEB_PORT", "8000"))
@@ -121,13 +123,23 @@ class Launcher:
         self.write_shell_env()
 
     def write_shell_env(self) -> None:
-        """``.local/run/env.sh``: source it in another terminal, and ``manage.py`` (``api_token``,
-        ``deadletters``, ``counters``) talks to the same servers as the running system."""
-        names = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+        """``.local/run/servers.env``: what the settings read for an unset URL variable
+        (project/settings/env.py), so that ``manage.py`` and ``celery -A project`` in another
+        terminal talk to this run's servers with nothing exported; removed when the run stops.
+        ``env.sh`` is the same for a shell (``. .local/run/env.sh``)."""
+        names = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+        values = {n: self.env[n] for n in names if self.env.get(n)}
+        servers = running_file()
+        servers.write_text(
+            "# Written by `make run` for this run's servers; removed when it stops.\n"
+            + "".join(f"{n}={v}\n" for n, v in values.items())
+        )
+        servers.chmod(0o600)
         path = self.state / "env.sh"
         path.write_text(
             "# Written by `make run` for this run's servers.\n"
-            + "".join(f"export {n}='{self.env[n]}'\n" for n in names if self.env.get(n))
+            + f"export DJANGO_SETTINGS_MODULE='{self.env['DJANGO_SETTINGS_MODULE']}'\n"
+            + "".join(f"export {n}='{v}'\n" for n, v in values.items())
         )
         path.chmod(0o600)
 
@@ -226,6 +238,7 @@ class Launcher:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+        running_file().unlink(missing_ok=True)
         self.servers.stop()
 
     def run(self) -> int:

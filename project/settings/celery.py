@@ -104,3 +104,5 @@ OUTBOX_RETRY_MAX_S = env.float("OUTBOX_RETRY_MAX_S", default=10.0)
 # Sent rows (and heartbeats of relays gone) are pruned by beat after this long.
 OUTBOX_KEEP_SENT_S = env.int("OUTBOX_KEEP_SENT_S", default=24 * 3600)
 CELERY_BEAT_SCHEDULE["tasks-prune-outbox"] = {"task": "tasks.prune_outbox", "schedule": 3600.0}
+# With JSON logs, Celery keeps Django's handler (one format for every process).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = env("LOG_FORMAT", default="text") != "json"

@@ -1,5 +1,7 @@
 """Durable hot counters (counters/)."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .celery import CELERY_BEAT_SCHEDULE, REDIS_BROKER_VISIBILITY_TIMEOUT
 from .env import env
 
@@ -16,6 +18,37 @@ COUNTER_NAMESPACES = {
 # Largest |amount| of one increment: a bound that keeps a typo (or an attack) from moving a counter
 # by billions, far above any real "likes +1" or "units sold +n".
 COUNTER_MAX_AMOUNT = env.int("COUNTER_MAX_AMOUNT", default=1_000_000)
+
+
+def rate_limit_parse(value: str, *, name: str) -> tuple[int, float] | None:
+    """'N/S': bursts of N, then N per S seconds; '0' or 'off': no limit."""
+    if value.strip().lower() in ("", "0", "off"):
+        return None
+    burst, _, seconds = value.partition("/")
+    try:
+        parsed = int(burst), float(seconds or 60)
+    except ValueError:
+        parsed = (0, 0.0)
+    if parsed[0] < 1 or parsed[1] <= 0:
+        raise ImproperlyConfigured(f"{name} must look like 120/60 (requests/seconds) or off")
+    return parsed
+
+
+# The public beacon's per-client limit (counters/ratelimit.py): for every namespace, and per
+# namespace over it ("article_views=30/60,article_likes=off"). Off in development and tests;
+# the production settings turn it on.
+COUNTER_RATE_LIMIT = rate_limit_parse(
+    env("COUNTER_RATE_LIMIT", default="off"), name="COUNTER_RATE_LIMIT"
+)
+COUNTER_RATE_LIMITS = {
+    namespace: rate_limit_parse(spec, name=f"COUNTER_RATE_LIMITS[{namespace}]")
+    for namespace, spec in env.dict("COUNTER_RATE_LIMITS", default={}).items()
+}
+# Behind a proxy: the header holding the client's address (e.g. X-Real-IP; X-Forwarded-For's last
+# entry). Unset: the connection's address.
+COUNTER_CLIENT_IP_HEADER = env("COUNTER_CLIENT_IP_HEADER", default="")
+# An article page counts one view per session and article in this window (0: every page view).
+COUNTER_VIEW_WINDOW_S = env.int("COUNTER_VIEW_WINDOW_S", default=1800)
 # The apply worker flushes a batch at this many deltas or after this long, whichever comes first.
 COUNTER_BATCH_SIZE = env.int("COUNTER_BATCH_SIZE", default=500)
 COUNTER_BATCH_INTERVAL_MS = env.int("COUNTER_BATCH_INTERVAL_MS", default=200)

@@ -1,7 +1,8 @@
 """Production settings: secrets must come from the environment; HTTPS everywhere."""
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import LOGGING, env
+from .counters import rate_limit_parse
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: refuse to start without a real secret
 DEBUG = False
@@ -16,3 +17,13 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# The public counter beacon: 120 increments a minute per client and namespace unless set.
+COUNTER_RATE_LIMIT = rate_limit_parse(
+    env("COUNTER_RATE_LIMIT", default="120/60"), name="COUNTER_RATE_LIMIT"
+)
+
+# Per-batch and per-delta lines (counters and task delivery) at WARNING: retries, dead letters and
+# failures still show; a line per batch at INFO would be most of the log.
+for _logger in ("counters", "tasks"):
+    LOGGING["loggers"][_logger] = {"level": env("LOG_LEVEL_DELIVERY", default="WARNING")}

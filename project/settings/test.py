@@ -40,3 +40,5 @@ def per_test_process(url: str) -> str:
 REDIS_URL = per_test_process(REDIS_URL)
 CACHES["default"]["LOCATION"] = REDIS_URL
 CELERY_BROKER_URL = per_test_process(CELERY_BROKER_URL)
+# Every page view counts in the tests (a test of the window turns it on).
+COUNTER_VIEW_WINDOW_S = env.int("COUNTER_VIEW_WINDOW_S", default=0)

@@ -2,7 +2,6 @@
 
 import base64
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -62,6 +61,22 @@ class Launched:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def cli(self, *argv: str) -> subprocess.CompletedProcess:
+        """A command in another terminal of the checkout: no URL or Django variable exported."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in URL_VARIABLES and not k.startswith(("DJANGO_", "FLOWER_"))
+        }
+        return subprocess.run(
+            [sys.executable, *argv],
+            cwd=BASE_DIR,
+            env={**env, "LOCAL_STATE_DIR": str(self.state)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def wait_ready(self) -> None:
         wait_for(
             lambda: self.process.poll() is not None or "Ctrl-C stops everything." in self.output(),
@@ -111,21 +126,25 @@ def test_make_run_without_urls_starts_embedded_servers_and_ctrl_c_leaves_nothing
         assert http_status(flower, auth=f"{creds['FLOWER_USER']}:{creds['FLOWER_PASSWORD']}") == 200
         assert creds["DJANGO_ADMIN_PASSWORD"] in out  # printed for the user
 
-        broker = re.search(r"CELERY_BROKER_URL=(\S+)", out).group(1)
-        ping = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10"],
-            cwd=BASE_DIR,
-            env={**os.environ, "CELERY_BROKER_URL": broker},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        # Another terminal of the checkout, nothing exported: the CLIs find the running system.
+        ping = launched.cli("-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10")
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+        token = launched.cli("manage.py", "api_token", "admin")
+        assert token.returncode == 0 and len(token.stdout.strip()) > 30, token.stderr
+        listed = launched.cli("manage.py", "api_token", "admin", "--list")
+        assert token.stdout.strip()[:8] in listed.stdout, listed.stdout + listed.stderr
+        got = launched.cli("manage.py", "counters", "get", "article_views:cli")
+        assert got.returncode == 0 and "value" in got.stdout, got.stdout + got.stderr
 
         started = launched.descendants()
         assert launched.interrupt() == 0
         assert wait_for(lambda: not alive(started), timeout=30, what="every child to exit")
         assert "stopped." in launched.output()
+        # Nothing running: one line that says so, no traceback.
+        gone = launched.cli("manage.py", "counters", "get", "article_views:cli")
+        assert gone.returncode == 1, gone.stdout + gone.stderr
+        assert gone.stderr.strip().startswith("manage.py: cannot reach ")
+        assert "Is `make run` running?" in gone.stderr and "Traceback" not in gone.stderr
     finally:
         if launched.process.poll() is None:
             launched.kill_all()

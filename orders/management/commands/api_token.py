@@ -1,22 +1,51 @@
-import secrets
-
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
-from orders.auth import token_hash
-from orders.models import ApiToken
+from orders.tokens import TokenError, api_token_create, api_token_revoke, api_tokens_of
+
+
+def _age(delta) -> str:
+    days = delta.days
+    return f"{days} d" if days else f"{int(delta.total_seconds() // 3600)} h"
 
 
 class Command(BaseCommand):
-    help = "Create an API bearer token for a user and print it (only its hash is stored)."
+    help = (
+        "API bearer tokens of a user: create one and print it (only its hash and first "
+        "characters are stored), --list them (first characters and age, never the token), or "
+        "--revoke one by its first characters."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("username")
+        action = parser.add_mutually_exclusive_group()
+        action.add_argument(
+            "--expires-in", type=int, metavar="DAYS", help="the new token expires after DAYS days"
+        )
+        action.add_argument("--list", action="store_true", help="list the user's tokens")
+        action.add_argument("--revoke", metavar="PREFIX", help="revoke the token(s) starting so")
 
-    def handle(self, *args, username: str, **options):
-        user = get_user_model().objects.filter(username=username).first()
-        if user is None:
-            raise CommandError(f"no user {username!r}")
-        token = secrets.token_urlsafe(32)
-        ApiToken.objects.create(user=user, token_hash=token_hash(token))
-        self.stdout.write(token)
+    def handle(self, *args, username: str, expires_in, list: bool, revoke, **options):
+        try:
+            if list:
+                self._list(username)
+            elif revoke is not None:
+                count = api_token_revoke(username=username, prefix=revoke)
+                self.stdout.write(f"revoked {count} token(s) of {username!r} starting {revoke!r}")
+            else:
+                secret, _ = api_token_create(username=username, expires_in_days=expires_in)
+                self.stdout.write(secret)
+        except TokenError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _list(self, username: str) -> None:
+        now = timezone.now()
+        tokens = api_tokens_of(username=username)
+        if not tokens:
+            self.stdout.write(f"{username!r} has no tokens")
+        for token in tokens:
+            state = token.refusal(now=now) or (
+                f"expires in {_age(token.expires_at - now)}" if token.expires_at else "active"
+            )
+            age = _age(now - token.created_at)
+            self.stdout.write(f"{token.prefix or '?':8}...  created {age} ago  {state}")
