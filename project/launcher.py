@@ -220,7 +220,7 @@ class Launcher:
             f"{self.env['FLOWER_BASIC_AUTH']}"
         )
         self.say(f"health    http://{host}:{self.web_port}/healthz")
-        self.say(f"manage.py against these servers: . {self.state}/env.sh")
+        self.say("manage.py and celery -A project in another terminal use these servers")
         self.say("Ctrl-C stops everything.")
 
     def stop(self) -> None:
