@@ -12,10 +12,13 @@ from .topology import dead_letter_queue
 
 logger = logging.getLogger(__name__)
 
-# Queues whose consumers are idempotent (the counters' ledger applies a delta id once), so a
-# message that may still be running elsewhere can be put back without harm. Other tasks (a
-# confirmation mail) wait for the visibility timeout instead.
-RESTORABLE_QUEUES = frozenset({"counters"})
+# Queues whose consumers are idempotent, so a message that may still be running elsewhere can be
+# put back without harm: the counters' ledger applies a delta id once; the orders' tasks are the
+# confirmation mail (its claim marker, orders/mail.py: a concurrent run waits, then finds it) and
+# the pruning of old keys. Left out, a mail taken just before a broker restart waited for the
+# visibility timeout (an hour in production; found by "broker restart, production timeouts").
+# Other tasks (the default queue) wait for the visibility timeout.
+RESTORABLE_QUEUES = frozenset({"counters", "orders"})
 
 
 class DeclareDeadLetterQueue(bootsteps.StartStopStep):
