@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults soak bench lint format lock clean
+.PHONY: run test test-faults soak bench screens lint format lock clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ soak: $(STAMP)
 ## Each path beside its baseline in one run; writes bench/results/latest.{json,png,md}.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## Every page at 1280 and 375 px wide, in headless Chromium: docs/screens/*.png (the README).
+screens: $(STAMP)
+	$(BIN)/python -m project.devservers exec -- $(BIN)/python -m pytest tests/browser/screens.py \
+	  -p no:cacheprovider -q -s
 
 ## Lock the dependencies with hashes (pip-tools): requirements/runtime.txt (the image) and
 ## requirements.txt (what .venv gets: runtime, development and tests, benchmarks).

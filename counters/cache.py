@@ -41,6 +41,7 @@ deltas not yet applied, and durable + the positive ones) when it cannot be:
 """
 
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -295,11 +296,16 @@ LAG_SAMPLES_KEY = "ops:apply-lag"
 
 
 def lag_record(*, lags: list[float]) -> None:
-    """Remember the oldest publish-to-commit lag of a batch (a short rolling window)."""
+    """Remember a batch's publish-to-commit lags (a short rolling window): the oldest, the
+    median, the 99th percentile and how many, as ``[time, max, p50, p99, n]``."""
     if not lags:
         return
+    ordered = sorted(lags)
+    p50 = ordered[(len(ordered) - 1) // 2]
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    sample = [time.time(), ordered[-1], p50, p99, len(ordered)]
     client = get_redis_connection("default")
     pipe = client.pipeline(transaction=False)
-    pipe.lpush(LAG_SAMPLES_KEY, json.dumps([time.time(), max(lags)]))
+    pipe.lpush(LAG_SAMPLES_KEY, json.dumps(sample))
     pipe.ltrim(LAG_SAMPLES_KEY, 0, 999)
     pipe.execute()

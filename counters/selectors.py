@@ -5,6 +5,7 @@ import json
 import time
 from datetime import timedelta
 
+from django.db import connection
 from django.utils import timezone
 
 from tasks.app import app
@@ -32,22 +33,61 @@ def applied_count() -> int:
     return AppliedDelta.objects.count()
 
 
-def lag_series(*, seconds: int = 300) -> list[list[float]]:
+def _lag_samples(*, seconds: int) -> list[list[float]]:
+    """Per batch ``[time, max, p50, p99, n]`` (older samples hold ``[time, max]`` only)."""
     now = time.time()
     samples = [json.loads(s) for s in cache.client().lrange(cache.LAG_SAMPLES_KEY, 0, -1)]
-    return sorted([t, lag] for t, lag in samples if now - t <= seconds)
+    padded = [s if len(s) == 5 else [s[0], s[1], s[1], s[1], 1] for s in samples]
+    return sorted(s for s in padded if now - s[0] <= seconds)
+
+
+def lag_series(*, seconds: int = 300) -> list[list[float]]:
+    """The oldest delta's lag in each batch: ``[time, seconds]``."""
+    return [[t, oldest] for t, oldest, *_ in _lag_samples(seconds=seconds)]
+
+
+def _weighted_quantile(values: list[tuple[float, int]], q: float) -> float:
+    ordered = sorted(values)
+    total, seen = sum(n for _, n in ordered), 0
+    for value, n in ordered:
+        seen += n
+        if seen >= q * total:
+            return value
+    return ordered[-1][0]
+
+
+def lag_percentiles_series(*, seconds: int = 300, step: int = 10) -> list[list[float]]:
+    """Apply lag p50 and p99 per ``step``-second bucket, ``[bucket, p50, p99]``, from the
+    batches' own percentiles weighted by their sizes (an approximation: each batch keeps two
+    percentiles, not every delta's lag)."""
+    buckets: dict[int, list[list[float]]] = {}
+    for sample in _lag_samples(seconds=seconds):
+        buckets.setdefault(int(sample[0]) // step * step, []).append(sample)
+    return [
+        [
+            bucket + step / 2,
+            _weighted_quantile([(s[2], s[4]) for s in batch], 0.5),
+            _weighted_quantile([(s[3], s[4]) for s in batch], 0.99),
+        ]
+        for bucket, batch in sorted(buckets.items())
+    ]
+
+
+APPLIED_PER_BUCKET = """
+    SELECT floor(extract(epoch FROM applied_at) / %(step)s)::bigint * %(step)s, count(*)
+    FROM counters_applieddelta WHERE applied_at >= %(since)s GROUP BY 1
+"""
 
 
 def applied_series(*, seconds: int = 300, step: int = 10) -> list[list[float]]:
-    """Deltas applied per second, in ``step``-second buckets over the last ``seconds``."""
+    """Deltas applied per second, in ``step``-second buckets over the last ``seconds`` (counted
+    in PostgreSQL: at thousands of deltas a second, loading the rows would cost more)."""
     now = timezone.now()
-    times = AppliedDelta.objects.filter(
-        applied_at__gte=now - timedelta(seconds=seconds)
-    ).values_list("applied_at", flat=True)
-    buckets: dict[int, int] = {}
-    for applied_at in times:
-        bucket = int(applied_at.timestamp()) // step * step
-        buckets[bucket] = buckets.get(bucket, 0) + 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            APPLIED_PER_BUCKET, {"step": step, "since": now - timedelta(seconds=seconds)}
+        )
+        buckets = dict(cursor.fetchall())
     start = int(now.timestamp()) // step * step - seconds
     return [[b, buckets.get(b, 0) / step] for b in range(start, start + seconds + step, step)]
 

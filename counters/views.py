@@ -126,8 +126,9 @@ def article_detail(request, slug: str):
     readings = services.counter_get_many(keys=[article.views_key, article.likes_key])
     context = {
         "article": article,
-        "views": readings[article.views_key].value,
-        "likes": readings[article.likes_key].value,
+        "views": readings[article.views_key],
+        "likes": readings[article.likes_key],
+        "keys": {"views": article.views_key, "likes": article.likes_key},
         "active": active,
         "counted": counted,
         "liked": slug in request.session.get("liked", []),
@@ -135,19 +136,31 @@ def article_detail(request, slug: str):
     return render(request, "counters/article_detail.html", context)
 
 
+def _wants_json(request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
 @require_POST
 def article_like(request, slug: str):
+    """Like or unlike, once per session. The page's script asks for JSON (no reload); the form
+    without JavaScript gets a redirect back to the article."""
     article = selectors.article_get(slug=slug)
     if article is None:
         raise Http404("no such article")
     liked = set(request.session.get("liked", []))
     like = request.POST.get("action", "like") == "like"
-    if like == (slug in liked):
-        return redirect("article_detail", slug=slug)  # nothing to change: no double like
-    try:
-        services.counter_incr(key=article.likes_key, amount=1 if like else -1)
-    except services.CounterUnavailable as exc:
-        raise Http404("likes are unavailable right now") from exc
-    liked.add(slug) if like else liked.discard(slug)
-    request.session["liked"] = sorted(liked)
-    return redirect("article_detail", slug=slug)
+    value = None
+    if like != (slug in liked):  # else nothing to change: no double like
+        try:
+            value = services.counter_incr(key=article.likes_key, amount=1 if like else -1).value
+        except services.CounterUnavailable as exc:
+            if _wants_json(request):
+                return json_error(503, "likes are unavailable right now: try again")
+            raise Http404("likes are unavailable right now") from exc
+        liked.add(slug) if like else liked.discard(slug)
+        request.session["liked"] = sorted(liked)
+    if not _wants_json(request):
+        return redirect("article_detail", slug=slug)
+    if value is None:
+        value = services.counter_get(key=article.likes_key).value
+    return JsonResponse({"liked": slug in liked, "likes": value})

@@ -4,6 +4,7 @@ from django.core.mail import send_mail
 from django.db import connection, transaction
 
 from .models import Order
+from .money import money_format
 
 CLAIM = """
 INSERT INTO orders_orderconfirmation (order_id, sent_at) VALUES (%s, now())
@@ -27,7 +28,7 @@ def order_confirmation_send(*, order_id: int) -> bool:
             return False
         send_mail(
             subject=f"Order {order.pk} placed",
-            message=f"Your order {order.pk} of {order.total} (minor units) is placed.",
+            message=f"Your order {order.pk} of {money_format(minor=order.total)} is placed.",
             from_email=None,
             recipient_list=[owner.email or f"{owner.username}@example.invalid"],
         )

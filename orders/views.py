@@ -3,6 +3,7 @@
 import logging
 import uuid
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
@@ -160,6 +161,7 @@ def shop(request):
         "products": selectors.products_list(),
         "orders": selectors.orders_of(user=request.user),
         "form_key": uuid.uuid4().hex,  # one idempotency key per rendered form: no double order
+        "currency": settings.SHOP_CURRENCY,
     }
     return render(request, "orders/shop.html", context)
 
@@ -196,7 +198,9 @@ def shop_order_detail(request, order_id: int):
     account = selectors.account_get(account_id=order["account"])
     if account is None or not can_use_account(request.user, account):
         return redirect("shop")
-    return render(request, "orders/order.html", {"order": order, "cancel_key": uuid.uuid4().hex})
+    lines = [{**line, "amount": line["qty"] * line["unit_price"]} for line in order["lines"]]
+    context = {"order": order, "lines": lines, "cancel_key": uuid.uuid4().hex}
+    return render(request, "orders/order.html", context)
 
 
 @login_required

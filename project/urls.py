@@ -2,13 +2,15 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
-from . import views
+from . import ops_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
-    path("ops/", views.ops, name="ops"),
-    path("ops/status.json", views.ops_status, name="ops_status"),
+    path("ops/", ops_views.ops, name="ops"),
+    path("ops/panels", ops_views.ops_panels, name="ops_panels"),
+    path("ops/status.json", ops_views.ops_status, name="ops_status"),
+    path("ops/dead-letters/replay", ops_views.ops_dead_letters_replay, name="ops_replay"),
     path("metrics", views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("", include("counters.urls")),

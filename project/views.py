@@ -1,9 +1,8 @@
-"""Site-wide views: the home page, the health check, the operations page and metrics."""
+"""Site-wide views: the home page, the health check and metrics (the operations page: ops_views)."""
 
 import os
 
 from django.conf import settings
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
@@ -18,7 +17,6 @@ from prometheus_client import (
 
 from project.celery import app as celery_app
 from project.metrics import PendingCollector
-from project.ops import ops_status as ops_document
 
 
 def home(request):
@@ -61,16 +59,6 @@ def healthz(request):
     if failures:
         return JsonResponse({"status": "failing", "failed": failures}, status=503)
     return JsonResponse({"status": "ok"})
-
-
-@staff_member_required
-def ops(request):
-    return render(request, "ops.html", {"flower_url": settings.FLOWER_URL})
-
-
-@staff_member_required
-def ops_status(request):
-    return JsonResponse(ops_document())
 
 
 def metrics(request):

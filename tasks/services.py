@@ -194,3 +194,20 @@ def dead_letter_discard(*, dead_letter_id: int) -> DeadLetter:
         letter.status = DeadLetter.Status.DISCARDED
         letter.save(update_fields=["status"])
     return letter
+
+
+def dead_letters_replay(*, reason: str, limit: int = 1000) -> tuple[int, list[str]]:
+    """Replay the dead letters of one reason, oldest first, each through ``dead_letter_replay``
+    (the operations page's button; the admin's action replays a selection the same way).
+    Returns how many were replayed and why others were refused."""
+    if reason not in DeadLetter.Reason.values:
+        raise DeadLetterError(f"unknown reason {reason!r}")
+    ids = DeadLetter.objects.filter(reason=reason, status=DeadLetter.Status.DEAD).order_by("pk")
+    replayed, refused = 0, []
+    for dead_letter_id in ids.values_list("pk", flat=True)[:limit]:
+        try:
+            dead_letter_replay(dead_letter_id=dead_letter_id)
+            replayed += 1
+        except DeadLetterError as exc:  # replayed meanwhile by someone else
+            refused.append(str(exc))
+    return replayed, refused

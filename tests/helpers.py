@@ -351,3 +351,24 @@ def run_together(calls: list[Callable[[], object]]) -> None:
         thread.start()
     for thread in threads:
         thread.join(120)
+
+
+def delta_dead_letter(*, key: str, reason: str, amount: int = 1, exception: str = "E", **fields):
+    """A counter delta's dead letter, recorded through the service the workers use."""
+    from tasks.services import FailedMessage, dead_letter_record
+
+    delta_id = str(uuid.uuid4())
+    message = FailedMessage(
+        **{
+            "task_id": delta_id,
+            "task_name": "counters.apply_deltas",
+            "queue": "counters",
+            "args": [delta_id, key, amount],
+            "kwargs": {},
+            "attempts": 1,
+            "deliveries": 1,
+            "broker": "redis",
+            **fields,
+        }
+    )
+    return dead_letter_record(message=message, reason=reason, exception=exception, traceback="")

@@ -19,6 +19,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "tasks",
     "counters",
     "orders",
@@ -49,6 +50,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "project.context_processors.site",
             ],
         },
     },
@@ -94,8 +96,9 @@ CACHES = {
         },
     }
 }
-# Sessions are ephemeral data (design: class "ephemeral"): a flushed cache logs users out.
-SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+# Sessions are kept in PostgreSQL with a copy in the cache (project/sessions.py): staff can still
+# sign in to the operations page while the cache Redis is down. Beat deletes expired ones.
+SESSION_ENGINE = "project.sessions"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -106,3 +106,8 @@ OUTBOX_KEEP_SENT_S = env.int("OUTBOX_KEEP_SENT_S", default=24 * 3600)
 CELERY_BEAT_SCHEDULE["tasks-prune-outbox"] = {"task": "tasks.prune_outbox", "schedule": 3600.0}
 # With JSON logs, Celery keeps Django's handler (one format for every process).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = env("LOG_FORMAT", default="text") != "json"
+# Sessions live in PostgreSQL (project/sessions.py): the expired ones are deleted once a day.
+CELERY_BEAT_SCHEDULE["project-clear-sessions"] = {
+    "task": "project.clear_sessions",
+    "schedule": 24 * 3600.0,
+}

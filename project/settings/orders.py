@@ -21,3 +21,6 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)  # an SMTP server that hang
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="shop@example.invalid")
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/shop/"
+# Amounts are stored, and exchanged by the API, as integers in minor units (cents) of this
+# currency; the pages show them as money with two decimals (orders/money.py).
+SHOP_CURRENCY = env("SHOP_CURRENCY", default="EUR")

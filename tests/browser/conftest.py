@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import celery_worker, counters_worker, publishing_to
+from ..helpers import celery_worker, counters_worker, delta_dead_letter, publishing_to
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,3 +76,92 @@ def system(one_broker_url, database_url, cache_redis, worker_log_dir, live_serve
         ),
     ):
         yield live_server.url
+
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
+
+
+@pytest.fixture
+def furnished(system):
+    """Something on every page: articles with views and likes, a shopper with an account and an
+    order, a staff user, a dead letter. Returns the pages to visit (path, who must be logged in)."""
+    from django.contrib.auth import get_user_model
+
+    from counters import services as counter_services
+    from counters.models import Article
+    from orders.models import Account, Product
+    from orders.services import account_deposit, order_place
+    from tasks.models import DeadLetter
+
+    for slug, title, views in [
+        ("pipeline", "How a view reaches PostgreSQL", 1204),
+        ("orders", "Why orders never trust Redis", 317),
+    ]:
+        Article.objects.create(
+            slug=slug,
+            title=title,
+            body="Counted in Redis, carried through a durable queue, stored exactly once.",
+        )
+        counter_services.counter_incr(key=f"article_views:{slug}", amount=views)
+    counter_services.counter_incr(key="article_likes:pipeline", amount=42)
+    users = get_user_model().objects
+    shopper = users.create_user("shopper", "s@example.com", "pw-shopper-1")
+    users.create_user("staff", "staff@example.com", "pw-staff-1", is_staff=True)
+    account = Account.objects.create(owner=shopper, name="Everyday")
+    account_deposit(account_id=account.pk, amount=250_000, idempotency_key="furnish")
+    Product.objects.create(sku="mug", name="Mug", price=1_200, stock=40)
+    Product.objects.create(sku="lamp", name="Desk lamp", price=4_950, stock=7)
+    Product.objects.create(sku="chair", name="Office chair", price=129_900, stock=3)
+    order = order_place(
+        account_id=account.pk,
+        lines=[{"sku": "mug", "qty": 2}, {"sku": "lamp", "qty": 1}],
+        idempotency_key="furnish-order",
+    ).body["id"]
+    delta_dead_letter(
+        key="article_views:pipeline",
+        reason=DeadLetter.Reason.DELIVERY_LIMIT,
+        exception="WorkerLostError: the worker died while applying this delta",
+        attempts=6,
+        deliveries=6,
+        broker="amqp",
+    )
+    return {
+        "home": ("/", None),
+        "articles": ("/articles/", None),
+        "article": ("/articles/pipeline/", None),
+        "login": ("/accounts/login/", None),
+        "shop": ("/shop/", ("shopper", "pw-shopper-1")),
+        "order": (f"/shop/orders/{order}/", ("shopper", "pw-shopper-1")),
+        "ops": ("/ops/", ("staff", "pw-staff-1")),
+    }
+
+
+def axe_violations(page, impacts=("serious", "critical")) -> list[dict]:
+    """axe-core's WCAG 2 A/AA checks on the page as it stands; the violations of these impacts."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        "() => axe.run(document, {runOnly: {type: 'tag', values: "
+        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"
+    )
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in result["violations"]
+        if v["impact"] in impacts
+    ]
+
+
+def log_in(page, base: str, username: str, password: str, next_path: str) -> None:
+    """The site's login page (staff pages redirect there too)."""
+    page.goto(f"{base}/accounts/login/?next={next_path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+
+
+def visit(page, base: str, path: str, login: tuple[str, str] | None) -> None:
+    """Open a page as the furnished fixture lists it, logging in first where it needs a user."""
+    if login:
+        log_in(page, base, *login, path)
+    else:
+        page.goto(f"{base}{path}")
+    page.wait_for_load_state("networkidle")

@@ -57,3 +57,35 @@ def test_admin_lists_counters_ledger_and_dead_letters(article):
     assert article.views_key in page
     assert client.get("/admin/counters/applieddelta/").status_code == 200
     assert client.get("/admin/tasks/deadletter/").status_code == 200
+
+
+def test_article_page_shows_what_is_stored_and_what_is_on_the_way(article):
+    """No worker runs here: every view is still on the way, none stored."""
+    client = Client()
+    client.get("/articles/hello/")
+    page = client.get("/articles/hello/").content.decode()
+    assert number(page, "views") == 2
+    assert (number(page, "views-stored"), number(page, "views-pending")) == (0, 2)
+    assert "article_views:hello" in page  # the keys its script polls
+
+
+def test_like_answers_json_for_the_page_script_and_keeps_one_like_per_session(article):
+    client = Client(enforce_csrf_checks=True)
+    page = client.get("/articles/hello/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    like = {"HTTP_ACCEPT": "application/json", "HTTP_X_CSRFTOKEN": token}
+    first = client.post("/articles/hello/like", {"action": "like"}, **like)
+    again = client.post("/articles/hello/like", {"action": "like"}, **like)
+    assert first.status_code == 200 and first.json() == {"liked": True, "likes": 1}
+    assert again.json() == {"liked": True, "likes": 1}  # no double like
+    assert client.post("/articles/hello/like", {"action": "unlike"}, **like).json() == {
+        "liked": False,
+        "likes": 0,
+    }
+    assert services.counter_get(key=article.likes_key).value == 0
+    # Without the token the script's request is refused like the form's, and counts nothing.
+    refused = Client(enforce_csrf_checks=True).post(
+        "/articles/hello/like", {"action": "like"}, HTTP_ACCEPT="application/json"
+    )
+    assert refused.status_code == 403
+    assert services.counter_get(key=article.likes_key).value == 0

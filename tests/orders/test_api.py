@@ -124,7 +124,7 @@ def test_shop_page_order_and_cancel(alice, account, product, broker_url):
     client.force_login(alice)
     with publishing_to(broker_url):
         page = client.get("/shop/").content.decode()
-        assert f'id="balance-{account.pk}">10000<' in page
+        assert 'data-minor="10000">100.00 EUR<' in page
         key = page.split('name="form_key" value="')[1].split('"')[0]
         response = client.post(
             "/shop/order", {"account": account.pk, "form_key": key, "sku": ["mug"], "qty": ["2"]}
@@ -132,7 +132,8 @@ def test_shop_page_order_and_cancel(alice, account, product, broker_url):
         assert response.status_code == 302
         order_page = client.get(response["Location"]).content.decode()
         assert 'id="status">placed<' in order_page
-        assert f'id="balance-{account.pk}">9400<' in client.get("/shop/").content.decode()
+        assert 'data-minor="600">6.00 EUR<' in order_page  # the total, 2 x 3.00
+        assert 'data-minor="9400">94.00 EUR<' in client.get("/shop/").content.decode()
         # The same form submitted twice (a double click) places one order.
         client.post(
             "/shop/order", {"account": account.pk, "form_key": key, "sku": ["mug"], "qty": ["2"]}

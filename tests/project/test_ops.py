@@ -5,14 +5,15 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from counters import services
+from tasks.models import DeadLetter
 
-from ..helpers import publishing_to
+from ..helpers import delta_dead_letter, publishing_to, read_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def staff(transactional_db, cache_redis):  # sessions live in the cache: flush it first
+def staff(transactional_db, cache_redis):
     user = get_user_model().objects.create_user("ops", "ops@example.com", "pw", is_staff=True)
     client = Client()
     client.force_login(user)
@@ -74,3 +75,62 @@ def test_metrics_need_authentication_and_count_increments(staff, broker_url, cac
     assert "deltas_pending" in body
     assert "outbox_rows_waiting 0.0" in body and "outbox_relays_alive 0.0" in body
     assert staff.get("/metrics").status_code == 200
+
+
+def test_ops_page_shows_each_component_state_and_the_charts(staff, broker_url, cache_redis):
+    with publishing_to(broker_url):
+        page = staff.get("/ops/").content.decode()
+        panels = staff.get("/ops/panels").content.decode()
+    for name in ["PostgreSQL", "Cache Redis", "Broker", "Workers", "Outbox", "Dead letters"]:
+        assert f'data-component="{name}"' in page and f'data-component="{name}"' in panels
+    assert 'data-component="PostgreSQL" data-state="green"' in page
+    assert 'data-component="Workers" data-state="red"' in page  # no worker runs in this test
+    assert page.count('role="img"') == 4
+    for label in ["deltas/s", "seconds", "deltas", "per 10 s", "now", "-5 min"]:
+        assert f">{label}</text>" in page
+
+
+def test_a_staff_session_outlives_the_cache_and_the_page_names_it_red(
+    staff, broker_url, cache_redis, settings
+):
+    """Sessions are kept in PostgreSQL: with the cache Redis unreachable, staff still see the
+    operations page, and it says why the cache is red."""
+    dead_cache = {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
+    settings.CACHES = {**settings.CACHES, "default": dead_cache}
+    with publishing_to(broker_url):
+        response = staff.get("/ops/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'data-component="Cache Redis" data-state="red"' in page
+    assert 'data-component="PostgreSQL" data-state="green"' in page
+
+
+def test_replay_button_replays_every_dead_letter_of_its_reason_once(staff, broker_url):
+    poison = [
+        delta_dead_letter(reason=DeadLetter.Reason.DELIVERY_LIMIT, key=f"article_views:p{i}")
+        for i in range(2)
+    ]
+    other = delta_dead_letter(reason=DeadLetter.Reason.PERMANENT_ERROR, key="article_views:other")
+    with publishing_to(broker_url):
+        page = staff.get("/ops/").content.decode()
+        assert 'id="replay-delivery_limit"' in page and "Replay all 2" in page
+        response = staff.post("/ops/dead-letters/replay", {"reason": "delivery_limit"}, follow=True)
+        again = staff.post("/ops/dead-letters/replay", {"reason": "delivery_limit"}, follow=True)
+        published = read_queue(broker_url, "counters")
+    assert "Replayed 2 dead letter(s) of reason delivery_limit." in response.content.decode()
+    assert "Replayed 0 dead letter(s)" in again.content.decode()  # nothing published twice
+    assert sorted(m.headers["id"] for m in published) == sorted(d.task_id for d in poison)
+    statuses = dict(DeadLetter.objects.values_list("pk", "status"))
+    assert [statuses[d.pk] for d in poison] == ["replayed", "replayed"]
+    assert statuses[other.pk] == "dead"
+
+
+def test_replay_refuses_an_unknown_reason_and_strangers(staff, broker_url, transactional_db):
+    letter = delta_dead_letter(reason=DeadLetter.Reason.DELIVERY_LIMIT, key="article_views:x")
+    with publishing_to(broker_url):
+        page = staff.post("/ops/dead-letters/replay", {"reason": "nope"}, follow=True)
+        stranger = Client().post("/ops/dead-letters/replay", {"reason": "delivery_limit"})
+    assert "unknown reason &#x27;nope&#x27;" in page.content.decode()
+    assert stranger.status_code == 302  # to the login page
+    letter.refresh_from_db()
+    assert letter.status == DeadLetter.Status.DEAD
