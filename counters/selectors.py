@@ -63,9 +63,10 @@ def lag_percentiles_series(*, seconds: int = 300, step: int = 10) -> list[list[f
     buckets: dict[int, list[list[float]]] = {}
     for sample in _lag_samples(seconds=seconds):
         buckets.setdefault(int(sample[0]) // step * step, []).append(sample)
+    now = time.time()
     return [
         [
-            bucket + step / 2,
+            min(bucket + step / 2, now),
             _weighted_quantile([(s[2], s[4]) for s in batch], 0.5),
             _weighted_quantile([(s[3], s[4]) for s in batch], 0.99),
         ]
@@ -88,8 +89,9 @@ def applied_series(*, seconds: int = 300, step: int = 10) -> list[list[float]]:
             APPLIED_PER_BUCKET, {"step": step, "since": now - timedelta(seconds=seconds)}
         )
         buckets = dict(cursor.fetchall())
-    start = int(now.timestamp()) // step * step - seconds
-    return [[b, buckets.get(b, 0) / step] for b in range(start, start + seconds + step, step)]
+    # Whole buckets only: the one still filling would always read low.
+    end = int(now.timestamp()) // step * step
+    return [[b, buckets.get(b, 0) / step] for b in range(end - seconds, end, step)]
 
 
 def hottest_pending(*, limit: int = 10) -> list[dict]:

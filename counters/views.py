@@ -1,19 +1,15 @@
-"""Counter API (a beacon: no session, no CSRF token) and the article pages."""
+"""Counter API (a beacon: no session, no CSRF token). The article pages: pages.py."""
 
 import logging
 import math
 
-import redis.exceptions
-from django.conf import settings
-from django.http import Http404, JsonResponse
-from django.shortcuts import redirect, render
+from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods, require_POST
 
 from common.json_api import json_error, json_object_body
 from tasks.policy import MAYBE_TRANSIENT, is_transient
 
-from . import cache, ratelimit, readers, selectors, services
+from . import ratelimit, services
 from .keys import InvalidCounter, key_validate
 
 logger = logging.getLogger(__name__)
@@ -78,89 +74,3 @@ def counter_get_view(request, key: str):
     return JsonResponse(
         {"key": key, "value": reading.value, "durable": reading.durable, "pending": reading.pending}
     )
-
-
-def article_list(request):
-    articles = selectors.articles_list()
-    keys = [k for a in articles for k in (a.views_key, a.likes_key)]
-    readings = services.counter_get_many(keys=keys) if keys else {}  # one Redis round trip
-    rows = [(a, readings[a.views_key].value, readings[a.likes_key].value) for a in articles]
-    return render(request, "counters/article_list.html", {"rows": rows})
-
-
-def _visitor_id(request) -> str:
-    if not request.session.session_key:
-        request.session.save()
-    return request.session.session_key
-
-
-def _first_view(request, slug: str) -> bool:
-    """Whether this session's view of the article counts: one per COUNTER_VIEW_WINDOW_S (a
-    reload is not a reader). A cache that does not answer counts it."""
-    window = settings.COUNTER_VIEW_WINDOW_S
-    if window <= 0:
-        return True
-    try:
-        seen = f"seen:{slug}:{_visitor_id(request)}"
-        return bool(cache.client().set(seen, 1, nx=True, ex=window))
-    except redis.exceptions.RedisError:
-        return True
-
-
-@require_http_methods(["GET"])
-def article_detail(request, slug: str):
-    article = selectors.article_get(slug=slug)
-    if article is None:
-        raise Http404("no such article")
-    counted = True
-    try:
-        if _first_view(request, article.slug):
-            services.counter_incr(key=article.views_key)
-    except services.CounterUnavailable:
-        counted = False  # the page still renders; this view just was not counted
-    try:
-        readers.readers_touch(article_slug=slug, visitor_id=_visitor_id(request))
-        active = readers.readers_count(article_slug=slug)
-    except redis.exceptions.RedisError:
-        active = None  # ephemeral: unavailable is fine
-    readings = services.counter_get_many(keys=[article.views_key, article.likes_key])
-    context = {
-        "article": article,
-        "views": readings[article.views_key],
-        "likes": readings[article.likes_key],
-        "keys": {"views": article.views_key, "likes": article.likes_key},
-        "active": active,
-        "counted": counted,
-        "liked": slug in request.session.get("liked", []),
-    }
-    return render(request, "counters/article_detail.html", context)
-
-
-def _wants_json(request) -> bool:
-    return "application/json" in request.headers.get("Accept", "")
-
-
-@require_POST
-def article_like(request, slug: str):
-    """Like or unlike, once per session. The page's script asks for JSON (no reload); the form
-    without JavaScript gets a redirect back to the article."""
-    article = selectors.article_get(slug=slug)
-    if article is None:
-        raise Http404("no such article")
-    liked = set(request.session.get("liked", []))
-    like = request.POST.get("action", "like") == "like"
-    value = None
-    if like != (slug in liked):  # else nothing to change: no double like
-        try:
-            value = services.counter_incr(key=article.likes_key, amount=1 if like else -1).value
-        except services.CounterUnavailable as exc:
-            if _wants_json(request):
-                return json_error(503, "likes are unavailable right now: try again")
-            raise Http404("likes are unavailable right now") from exc
-        liked.add(slug) if like else liked.discard(slug)
-        request.session["liked"] = sorted(liked)
-    if not _wants_json(request):
-        return redirect("article_detail", slug=slug)
-    if value is None:
-        value = services.counter_get(key=article.likes_key).value
-    return JsonResponse({"liked": slug in liked, "likes": value})

@@ -84,7 +84,7 @@ def line_chart(
         parts.append(
             f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{TOP + plot_h}" y2="{TOP + plot_h + 5}" '
             f'stroke="#1b1d21"/><text x="{x(t):.1f}" y="{TOP + plot_h + 18}" '
-            f'text-anchor="middle" fill="#1b1d21">{text}</text>'
+            f'text-anchor="{"end" if text == "now" else "middle"}" fill="#1b1d21">{text}</text>'
         )
     legend_x = LEFT
     for index, (s, points) in enumerate(zip(series, visible, strict=True)):

@@ -40,9 +40,10 @@ def workers() -> list[str]:
     except Exception:  # the cache being down is its own component's red, not the workers'
         answered = None
     if answered is None:
-        # A connection of its own, closed after: on the Redis broker a ping through the app's
-        # pool returned its connection with a BRPOP still unanswered when the collect timed out,
-        # and the next ping on it read that stale reply (TypeError in kombu's _brpop_read).
+        # The replies are collected on a connection of its own, closed after (the request still
+        # goes out through the app's producer pool): on the Redis broker a pooled connection
+        # came back with a BRPOP unanswered when the collect timed out, and the next ping on it
+        # read that stale reply (TypeError in kombu's _brpop_read).
         with app.connection_for_write() as connection:
             replies = app.control.ping(timeout=1.0, connection=connection) or []
         answered = sorted(name for reply in replies for name in reply)

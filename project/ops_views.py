@@ -4,6 +4,7 @@ seconds, swaps in a fresh copy of its panels (``/ops/panels``); status.json has 
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -65,15 +66,21 @@ def ops_status(request):
 
 
 @staff_member_required
+@permission_required("tasks.change_deadletter", raise_exception=True)
 @require_POST
 def ops_dead_letters_replay(request):
+    """The admin's permission for dead letters is needed too, not only staff status."""
     reason = request.POST.get("reason", "")
     try:
-        replayed, refused = dead_letters_replay(reason=reason)
+        outcome = dead_letters_replay(reason=reason)
     except DeadLetterError as exc:
         messages.error(request, str(exc))
         return redirect("ops")
-    messages.success(request, f"Replayed {replayed} dead letter(s) of reason {reason}.")
-    for why in refused:
+    messages.success(request, f"Replayed {outcome.replayed} dead letter(s) of reason {reason}.")
+    for why in outcome.refused:
         messages.warning(request, why)
+    if outcome.failed:
+        messages.error(request, f"Stopped: {outcome.failed}. The others stay dead letters.")
+    elif outcome.more:
+        messages.warning(request, "More dead letters of this reason wait: replay again.")
     return redirect("ops")

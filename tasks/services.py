@@ -1,7 +1,7 @@
 """Dead-letter services: record a dead letter in PostgreSQL, and publish it to the dead-letter queue
 on a broker that cannot dead-letter by itself."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
@@ -196,18 +196,31 @@ def dead_letter_discard(*, dead_letter_id: int) -> DeadLetter:
     return letter
 
 
-def dead_letters_replay(*, reason: str, limit: int = 1000) -> tuple[int, list[str]]:
+@dataclass
+class ReplayOutcome:
+    replayed: int = 0
+    refused: list[str] = field(default_factory=list)  # replayed meanwhile by someone else
+    failed: str | None = None  # the error that stopped the run (the broker is down, ...)
+    more: bool = False  # letters of this reason beyond the limit, left for another run
+
+
+def dead_letters_replay(*, reason: str, limit: int = 500) -> ReplayOutcome:
     """Replay the dead letters of one reason, oldest first, each through ``dead_letter_replay``
-    (the operations page's button; the admin's action replays a selection the same way).
-    Returns how many were replayed and why others were refused."""
+    (the operations page's button; the admin's action replays a selection the same way). Stops
+    at the first failure other than a refusal: the letters replayed so far stay replayed, the
+    rest stay dead."""
     if reason not in DeadLetter.Reason.values:
         raise DeadLetterError(f"unknown reason {reason!r}")
-    ids = DeadLetter.objects.filter(reason=reason, status=DeadLetter.Status.DEAD).order_by("pk")
-    replayed, refused = 0, []
-    for dead_letter_id in ids.values_list("pk", flat=True)[:limit]:
+    dead = DeadLetter.objects.filter(reason=reason, status=DeadLetter.Status.DEAD).order_by("pk")
+    ids = list(dead.values_list("pk", flat=True)[: limit + 1])
+    outcome = ReplayOutcome(more=len(ids) > limit)
+    for dead_letter_id in ids[:limit]:
         try:
             dead_letter_replay(dead_letter_id=dead_letter_id)
-            replayed += 1
-        except DeadLetterError as exc:  # replayed meanwhile by someone else
-            refused.append(str(exc))
-    return replayed, refused
+            outcome.replayed += 1
+        except DeadLetterError as exc:
+            outcome.refused.append(str(exc))
+        except Exception as exc:  # the broker or the cache failed: report it, stop here
+            outcome.failed = f"{type(exc).__name__}: {exc}"
+            break
+    return outcome

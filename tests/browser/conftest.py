@@ -106,7 +106,7 @@ def furnished(system):
     counter_services.counter_incr(key="article_likes:pipeline", amount=42)
     users = get_user_model().objects
     shopper = users.create_user("shopper", "s@example.com", "pw-shopper-1")
-    users.create_user("staff", "staff@example.com", "pw-staff-1", is_staff=True)
+    users.create_superuser("staff", "staff@example.com", "pw-staff-1")
     account = Account.objects.create(owner=shopper, name="Everyday")
     account_deposit(account_id=account.pk, amount=250_000, idempotency_key="furnish")
     Product.objects.create(sku="mug", name="Mug", price=1_200, stock=40)

@@ -89,3 +89,17 @@ def test_like_answers_json_for_the_page_script_and_keeps_one_like_per_session(ar
     )
     assert refused.status_code == 403
     assert services.counter_get(key=article.likes_key).value == 0
+
+
+def test_reading_articles_writes_no_session_and_keeps_one_visitor(article):
+    """Readers are told apart by a cookie, not a session: no PostgreSQL write per reader."""
+    from django.contrib.sessions.models import Session
+
+    client = Client()
+    first = client.get("/articles/hello/")
+    visitor = first.cookies["visitor"]
+    assert visitor["httponly"] and visitor["samesite"] == "Lax"
+    client.get("/articles/hello/")
+    assert "visitor" not in client.get("/articles/hello/").cookies  # kept, not replaced
+    assert not Session.objects.exists()
+    assert number(client.get("/articles/hello/").content.decode(), "active") == 1

@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client
 
 from counters import services
@@ -105,7 +106,16 @@ def test_a_staff_session_outlives_the_cache_and_the_page_names_it_red(
     assert 'data-component="PostgreSQL" data-state="green"' in page
 
 
-def test_replay_button_replays_every_dead_letter_of_its_reason_once(staff, broker_url):
+@pytest.fixture
+def operator(staff):
+    """Staff with the admin's permission to change dead letters (what replaying needs)."""
+    user = get_user_model().objects.get(username="ops")
+    user.user_permissions.add(Permission.objects.get(codename="change_deadletter"))
+    return staff
+
+
+def test_replay_button_replays_every_dead_letter_of_its_reason_once(operator, broker_url):
+    staff = operator
     poison = [
         delta_dead_letter(reason=DeadLetter.Reason.DELIVERY_LIMIT, key=f"article_views:p{i}")
         for i in range(2)
@@ -125,12 +135,22 @@ def test_replay_button_replays_every_dead_letter_of_its_reason_once(staff, broke
     assert statuses[other.pk] == "dead"
 
 
-def test_replay_refuses_an_unknown_reason_and_strangers(staff, broker_url, transactional_db):
+def test_replay_refuses_an_unknown_reason_strangers_and_staff_without_permission(
+    operator, broker_url, transactional_db
+):
     letter = delta_dead_letter(reason=DeadLetter.Reason.DELIVERY_LIMIT, key="article_views:x")
+    plain_staff = Client()
+    plain_staff.force_login(
+        get_user_model().objects.create_user("plain", "p@example.com", "pw", is_staff=True)
+    )
     with publishing_to(broker_url):
-        page = staff.post("/ops/dead-letters/replay", {"reason": "nope"}, follow=True)
+        page = operator.post("/ops/dead-letters/replay", {"reason": "nope"}, follow=True)
         stranger = Client().post("/ops/dead-letters/replay", {"reason": "delivery_limit"})
+        forbidden = plain_staff.post("/ops/dead-letters/replay", {"reason": "delivery_limit"})
+        shown = plain_staff.get("/ops/").content.decode()
     assert "unknown reason &#x27;nope&#x27;" in page.content.decode()
     assert stranger.status_code == 302  # to the login page
+    assert forbidden.status_code == 403
+    assert 'id="replay-delivery_limit"' not in shown and "needs the permission" in shown
     letter.refresh_from_db()
     assert letter.status == DeadLetter.Status.DEAD
