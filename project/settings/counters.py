@@ -47,7 +47,7 @@ COUNTER_RATE_LIMITS = {
 # Behind a proxy: the header holding the client's address (e.g. X-Real-IP; X-Forwarded-For's last
 # entry). Unset: the connection's address.
 COUNTER_CLIENT_IP_HEADER = env("COUNTER_CLIENT_IP_HEADER", default="")
-# An article page counts one view per session and article in this window (0: every page view).
+# An article page counts one view per visitor (cookie) and article in this window (0: every view).
 COUNTER_VIEW_WINDOW_S = env.int("COUNTER_VIEW_WINDOW_S", default=1800)
 # The apply worker flushes a batch at this many deltas or after this long, whichever comes first.
 COUNTER_BATCH_SIZE = env.int("COUNTER_BATCH_SIZE", default=500)
