@@ -82,3 +82,19 @@ def test_the_axe_check_finds_what_it_should(page, system):
     )
     ids = {v["id"] for v in axe_violations(page)}
     assert {"label", "color-contrast"} <= ids
+
+
+def test_keyboard_focus_is_visible_from_the_first_tab(page, system):
+    """The first Tab lands on the skip link, shown with an outline; the next ones on the links."""
+    page.goto(f"{system}/")
+    outlines = []
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        outlines.append(
+            page.evaluate(
+                "() => { const e = document.activeElement, s = getComputedStyle(e);"
+                " return [e.textContent.trim(), s.outlineStyle, parseFloat(s.outlineWidth)]; }"
+            )
+        )
+    assert outlines[0][0] == "Skip to the content"
+    assert all(style != "none" and width >= 2 for _, style, width in outlines), outlines
