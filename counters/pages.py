@@ -5,8 +5,10 @@ Readers are told apart by a random ``visitor`` cookie, not by a session: reading
 writes nothing to PostgreSQL and works while it is down. A like is remembered in the session
 (PostgreSQL), written before the like is counted, so a failure leaves nothing counted twice."""
 
+import contextlib
 import logging
 import secrets
+from collections.abc import Iterator
 
 import redis.exceptions
 from django.conf import settings
@@ -115,19 +117,57 @@ def _like_failed(request, slug: str, message: str):
     raise Http404(message)
 
 
+# A session's like requests run one at a time (seconds the lock is held at most).
+LIKE_LOCK_S = 10
+
+
+@contextlib.contextmanager
+def _one_like_at_a_time(request) -> Iterator[bool]:
+    """Two like requests of one session at once (a double click on the form without JavaScript,
+    two tabs) would both read "not liked" and both count. A lock in the cache Redis serializes
+    them; the second one, refused, changes nothing. Without the cache there is no lock: a rare
+    double like then, rather than no likes at all. Only the session's key is read here, so the
+    session itself is loaded after the lock is held."""
+    session_key = request.session.session_key
+    if not session_key:  # a new session: nothing else can be using it
+        yield True
+        return
+    lock = f"lock:like:{session_key}"
+    try:
+        held = bool(cache.client().set(lock, 1, nx=True, ex=LIKE_LOCK_S))
+    except redis.exceptions.RedisError:
+        yield True
+        return
+    try:
+        yield held
+    finally:
+        if held:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                cache.client().delete(lock)
+
+
 @require_POST
 def article_like(request, slug: str):
     """Like or unlike, once per session. The page's script asks for JSON (no reload); the form
-    without JavaScript gets a redirect back to the article.
-
-    The session records the change first (saved in PostgreSQL), then the like is counted: a
-    session that cannot be saved counts nothing, and a count that fails puts the session back.
-    A count whose outcome is unknown (the broker did not confirm) stays recorded, so that the
-    like is not counted twice by a retry."""
+    without JavaScript gets a redirect back to the article."""
     article = selectors.article_get(slug=slug)
     if article is None:
         raise Http404("no such article")
     like = request.POST.get("action", "like") == "like"
+    with _one_like_at_a_time(request) as alone:
+        if not alone:
+            if _wants_json(request):
+                return json_error(409, "a like of this session is in progress: try again")
+            return redirect("article_detail", slug=slug)
+        return _like_change(request, article=article, like=like)
+
+
+def _like_change(request, *, article, like: bool):
+    """The session records the change first (saved in PostgreSQL), then the like is counted: a
+    session that cannot be saved counts nothing, and a count that fails puts the session back.
+    A count whose outcome is unknown (the broker did not confirm) stays recorded, so that the
+    like is not counted twice by a retry."""
+    slug = article.slug
     try:
         liked = _liked(request)
     except DatabaseError:
