@@ -90,9 +90,28 @@ def database_state() -> dict:
     return {"read_only": read_only == "on" or bool(in_recovery)}
 
 
+def pending_of(queues: dict) -> int:
+    """Deltas the broker holds: the counters queue's ready and unacknowledged, and retries
+    waiting out their countdown."""
+    counters_queue = queues.get("counters", {"ready": 0, "unacked": 0})
+    return (
+        counters_queue["ready"]
+        + counters_queue["unacked"]
+        + queues.get("delayed", {"ready": 0})["ready"]
+    )
+
+
+def pending_sample() -> int:
+    """Beat's sample of the backlog (project.sample_pending), so the chart has a history also
+    while nobody has the page open."""
+    pending = pending_of(queue_stats(app=app))
+    pending_record(pending=pending)
+    return pending
+
+
 def pending_record(*, pending: int) -> None:
-    """Remember the backlog each time the page is read: its chart's history (Prometheus keeps a
-    longer one: ``deltas_pending``)."""
+    """Remember the backlog (beat every 15 s, and each time the page is read): the chart's
+    history (Prometheus keeps a longer one: ``deltas_pending``)."""
     client = get_redis_connection("default")
     pipe = client.pipeline(transaction=False)
     pipe.lpush(PENDING_SAMPLES_KEY, json.dumps([time.time(), pending]))
@@ -134,12 +153,10 @@ def ops_status() -> dict:
 
     database = attempt("database", database_state, {})
     queues = attempt("queues", lambda: queue_stats(app=app), {})
-    counters_queue = queues.get("counters", {"ready": 0, "unacked": 0})
-    delayed = queues.get("delayed", {"ready": 0})["ready"]
     applied = attempt("applied", applied_series, [])
     lag = attempt("lag", lag_series, [])
     last_minute = [rate for t, rate in applied if t >= time.time() - 60]
-    pending = counters_queue["ready"] + counters_queue["unacked"] + delayed
+    pending = pending_of(queues)
     if "queues" not in errors:
         attempt("pending_series", lambda: pending_record(pending=pending), None)
     return {

@@ -111,3 +111,10 @@ CELERY_BEAT_SCHEDULE["project-clear-sessions"] = {
     "task": "project.clear_sessions",
     "schedule": 24 * 3600.0,
 }
+# The operations page's chart of pending deltas, sampled while nobody has the page open too. A
+# sample nobody took within its interval is worthless: it expires instead of piling up.
+CELERY_BEAT_SCHEDULE["project-sample-pending"] = {
+    "task": "project.sample_pending",
+    "schedule": 15.0,
+    "options": {"expires": 15},
+}

@@ -2,6 +2,7 @@
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,13 @@ def test_make_run_without_urls_starts_embedded_servers_and_ctrl_c_leaves_nothing
         site = f"http://127.0.0.1:{launched.web_port}"
         assert http_status(f"{site}/healthz") == 200
         assert http_status(f"{site}/admin/login/") == 200
+        # The site's pages with their stylesheet, from collectstatic's manifest through
+        # WhiteNoise (no CDN: a missing manifest entry would fail every page).
+        with urllib.request.urlopen(f"{site}/articles/", timeout=10) as response:
+            page = response.read().decode()
+        stylesheet = re.search(r'href="(/static/site\.[0-9a-f]+\.css)"', page).group(1)
+        with urllib.request.urlopen(f"{site}{stylesheet}", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/css")
         flower = f"http://127.0.0.1:{launched.flower_port}/"
         creds = launched.credentials()
         assert http_status(flower) == 401

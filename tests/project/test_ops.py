@@ -154,3 +154,19 @@ def test_replay_refuses_an_unknown_reason_strangers_and_staff_without_permission
     assert 'id="replay-delivery_limit"' not in shown and "needs the permission" in shown
     letter.refresh_from_db()
     assert letter.status == DeadLetter.Status.DEAD
+
+
+def test_beat_samples_pending_deltas_for_the_chart_while_nobody_reads_the_page(
+    broker_url, cache_redis
+):
+    from project.ops import pending_series
+    from project.tasks import sample_pending
+
+    with publishing_to(broker_url):
+        assert pending_series() == []
+        services.counter_incr(key="article_views:sampled", amount=2)
+        sample_pending()  # the function beat's entry runs every 15 s
+        series = pending_series()
+    assert len(series) == 1
+    if broker_url.startswith("redis"):  # RabbitMQ's management figures lag by seconds
+        assert series[0][1] == 1  # one delta message waiting
