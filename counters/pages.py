@@ -2,7 +2,7 @@
 and on the way) and like/unlike.
 
 Readers are told apart by a random ``visitor`` cookie, not by a session: reading an article
-writes nothing to PostgreSQL and works while it is down. A like is remembered in the session
+writes nothing to PostgreSQL (it reads the article there). A like is remembered in the session
 (PostgreSQL), written before the like is counted, so a failure leaves nothing counted twice."""
 
 import contextlib
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import redis.exceptions
 from django.conf import settings
+from django.contrib.sessions.backends.base import UpdateError
 from django.db import DatabaseError
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -107,6 +108,18 @@ def article_detail(request, slug: str):
     return response
 
 
+def _session_save(request, *, liked: list[str]) -> None:
+    """Save now, while the lock is held. An existing session is then left unmodified, so the
+    middleware does not save it again after the lock is released (over a change another request
+    made meanwhile); a new one stays modified, for the middleware to send its cookie (no other
+    request can know it yet)."""
+    existed = request.session.session_key is not None
+    request.session["liked"] = liked
+    request.session.save()
+    if existed:
+        request.session.modified = False
+
+
 def _wants_json(request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
@@ -117,24 +130,27 @@ def _like_failed(request, slug: str, message: str):
     raise Http404(message)
 
 
-# A session's like requests run one at a time (seconds the lock is held at most).
-LIKE_LOCK_S = 10
+# A browser's like requests run one at a time: seconds the lock may be held, above the longest
+# a like can take (a publish that is never confirmed gives up after about 11 s).
+LIKE_LOCK_S = 30
 
 
 @contextlib.contextmanager
 def _one_like_at_a_time(request) -> Iterator[bool]:
-    """Two like requests of one session at once (a double click on the form without JavaScript,
+    """Two like requests of one browser at once (a double click on the form without JavaScript,
     two tabs) would both read "not liked" and both count. A lock in the cache Redis serializes
-    them; the second one, refused, changes nothing. Without the cache there is no lock: a rare
-    double like then, rather than no likes at all. Only the session's key is read here, so the
-    session itself is loaded after the lock is held."""
-    session_key = request.session.session_key
-    if not session_key:  # a new session: nothing else can be using it
+    them (redis-py's Lock: a token, released only by its holder); the second one, refused,
+    changes nothing. It is keyed by the visitor cookie, which a browser has before its first
+    like creates the session, else by the session's key (reading the key does not load the
+    session). Without the cache there is no lock: a rare double like then, rather than no likes."""
+    visitor, new_visitor = _visitor_id(request)
+    owner = visitor if not new_visitor else request.session.session_key
+    if not owner:  # no cookie at all: nothing else can be using this session
         yield True
         return
-    lock = f"lock:like:{session_key}"
+    lock = cache.client().lock(f"lock:like:{owner}", timeout=LIKE_LOCK_S, blocking=False)
     try:
-        held = bool(cache.client().set(lock, 1, nx=True, ex=LIKE_LOCK_S))
+        held = lock.acquire()
     except redis.exceptions.RedisError:
         yield True
         return
@@ -142,8 +158,8 @@ def _one_like_at_a_time(request) -> Iterator[bool]:
         yield held
     finally:
         if held:
-            with contextlib.suppress(redis.exceptions.RedisError):
-                cache.client().delete(lock)
+            with contextlib.suppress(redis.exceptions.RedisError):  # LockError: expired
+                lock.release()
 
 
 @require_POST
@@ -177,15 +193,15 @@ def _like_change(request, *, article, like: bool):
         before = sorted(liked)
         liked.add(slug) if like else liked.discard(slug)
         try:
-            request.session["liked"] = sorted(liked)
-            request.session.save()
-        except DatabaseError:
+            _session_save(request, liked=sorted(liked))
+        except (DatabaseError, UpdateError):
             return _like_failed(request, slug, "likes are unavailable right now: try again later")
         try:
             value = services.counter_incr(key=article.likes_key, amount=1 if like else -1).value
         except services.CounterUnavailable as exc:
-            if exc.counted is False:
-                request.session["liked"] = before
+            if exc.counted is False:  # not counted: the session says so again, under the lock
+                with contextlib.suppress(DatabaseError, UpdateError):
+                    _session_save(request, liked=before)
             return _like_failed(request, slug, "likes are unavailable right now: try again")
     if not _wants_json(request):
         return redirect("article_detail", slug=slug)

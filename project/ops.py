@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 WORKERS_CACHE_S = 5
 PENDING_SAMPLES_KEY = "ops:pending"
+SAMPLED_KEY, SAMPLE_EVERY_S = "ops:pending:sampled", 10  # beat sends one every 15 s
 
 
 def workers() -> list[str]:
@@ -101,9 +102,12 @@ def pending_of(queues: dict) -> int:
     )
 
 
-def pending_sample() -> int:
+def pending_sample() -> int | None:
     """Beat's sample of the backlog (project.sample_pending), so the chart has a history also
-    while nobody has the page open."""
+    while nobody has the page open. Samples that waited in the queue (a worker was down) are
+    taken once per ``SAMPLE_EVERY_S``, the rest skipped: None."""
+    if not get_redis_connection("default").set(SAMPLED_KEY, 1, nx=True, ex=SAMPLE_EVERY_S):
+        return None
     pending = pending_of(queue_stats(app=app))
     pending_record(pending=pending)
     return pending

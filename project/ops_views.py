@@ -76,9 +76,10 @@ def ops_dead_letters_replay(request):
     except DeadLetterError as exc:
         messages.error(request, str(exc))
         return redirect("ops")
-    messages.success(request, f"Replayed {outcome.replayed} dead letter(s) of reason {reason}.")
-    for why in outcome.refused:
-        messages.warning(request, why)
+    if outcome.replayed or not outcome.failed:
+        messages.success(request, f"Replayed {outcome.replayed} dead letter(s) of reason {reason}.")
+    if outcome.refused:  # replayed or discarded meanwhile: one line, not one per letter
+        messages.warning(request, f"{len(outcome.refused)} refused: {outcome.refused[0]}, ...")
     if outcome.failed:
         messages.error(request, f"Stopped: {outcome.failed}. The others stay dead letters.")
     elif outcome.more:

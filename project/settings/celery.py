@@ -111,10 +111,10 @@ CELERY_BEAT_SCHEDULE["project-clear-sessions"] = {
     "task": "project.clear_sessions",
     "schedule": 24 * 3600.0,
 }
-# The operations page's chart of pending deltas, sampled while nobody has the page open too. A
-# sample nobody took within its interval is worthless: it expires instead of piling up.
+# The operations page's chart of pending deltas, sampled while nobody has the page open too. No
+# `expires`: on RabbitMQ it becomes a message TTL, and the quorum queue would dead-letter every
+# sample a stopped worker did not take; a backlog of samples is skipped by the task instead.
 CELERY_BEAT_SCHEDULE["project-sample-pending"] = {
     "task": "project.sample_pending",
     "schedule": 15.0,
-    "options": {"expires": 15},
 }

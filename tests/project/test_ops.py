@@ -170,3 +170,14 @@ def test_beat_samples_pending_deltas_for_the_chart_while_nobody_reads_the_page(
     assert len(series) == 1
     if broker_url.startswith("redis"):  # RabbitMQ's management figures lag by seconds
         assert series[0][1] == 1  # one delta message waiting
+
+
+def test_samples_that_waited_in_the_queue_are_taken_once(broker_url, cache_redis):
+    """After a worker outage beat's samples arrive together: one is taken, the rest skipped."""
+    from project.ops import pending_series
+    from project.tasks import sample_pending
+
+    with publishing_to(broker_url):
+        for _ in range(5):
+            sample_pending()
+        assert len(pending_series()) == 1
