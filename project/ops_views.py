@@ -40,7 +40,7 @@ def _charts(status: dict) -> list[dict]:
     ]
 
 
-def _context(request) -> dict:
+def _context() -> dict:
     status = ops_document()
     return {
         "status": status,
@@ -52,12 +52,12 @@ def _context(request) -> dict:
 
 @staff_member_required
 def ops(request):
-    return render(request, "ops.html", _context(request))
+    return render(request, "ops.html", _context())
 
 
 @staff_member_required
 def ops_panels(request):
-    return render(request, "ops_panels.html", _context(request))
+    return render(request, "ops_panels.html", _context())
 
 
 @staff_member_required

@@ -20,7 +20,7 @@ from project.metrics import PendingCollector
 
 
 def home(request):
-    return render(request, "home.html", {"flower_url": settings.FLOWER_URL})
+    return render(request, "home.html")  # flower_url: project.context_processors.site
 
 
 def _check(probe) -> str | None:
