@@ -281,8 +281,17 @@ def forget(*, key: str, delta_ids: list[str]) -> None:
     _script(FORGET)(keys=[hash_key(key)], args=delta_ids)
 
 
+# An ephemeral counter not changed for this long is dropped: nothing depends on it, and without
+# a TTL every key ever counted would stay until evicted, pushing out copies that matter.
+EPHEMERAL_TTL_S = 24 * 3600
+
+
 def ephemeral_incr(*, key: str, amount: int) -> int:
-    return int(client().incrby(EPHEMERAL_PREFIX + key, amount))
+    pipe = client().pipeline(transaction=False)
+    pipe.incrby(EPHEMERAL_PREFIX + key, amount)
+    pipe.expire(EPHEMERAL_PREFIX + key, EPHEMERAL_TTL_S)
+    value, _ = pipe.execute()
+    return int(value)
 
 
 def ephemeral_get_many(*, keys: list[str]) -> dict[str, int]:

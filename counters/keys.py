@@ -6,7 +6,7 @@ from django.conf import settings
 
 # namespace:rest — lowercase letters, digits and "_" in the namespace; lowercase letters, digits
 # and "_ - . :" after it; 200 characters at most.
-KEY_PATTERN = re.compile(r"^([a-z][a-z0-9_]*):([a-z0-9_.:-]+)$")
+KEY_PATTERN = re.compile(r"([a-z][a-z0-9_]*):([a-z0-9_.:-]+)")
 MAX_KEY_LENGTH = 200
 
 
@@ -20,7 +20,8 @@ def key_validate(*, key: object) -> tuple[str, str]:
         raise InvalidCounter("key must be a non-empty string")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidCounter(f"key is longer than {MAX_KEY_LENGTH} characters")
-    match = KEY_PATTERN.match(key)
+    # fullmatch: with match() and "$", "article_views:x\n" was a second, look-alike key.
+    match = KEY_PATTERN.fullmatch(key)
     if not match:
         raise InvalidCounter(
             "key must look like namespace:name, lowercase, using a-z 0-9 _ and, after the "

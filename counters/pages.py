@@ -7,6 +7,7 @@ writes nothing to PostgreSQL (it reads the article there). A like is remembered 
 
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Iterator
 
@@ -14,13 +15,13 @@ import redis.exceptions
 from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
 from django.db import DatabaseError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from common.json_api import json_error
 
-from . import cache, readers, selectors, services
+from . import cache, ratelimit, readers, selectors, services
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,17 @@ def _like_failed(request, slug: str, message: str):
     raise Http404(message)
 
 
+def _too_many_likes(request, wait: float):
+    retry_after = max(1, math.ceil(wait))
+    message = f"too many likes from your address: try again in {retry_after} s"
+    if _wants_json(request):
+        response = json_error(429, message)
+    else:
+        response = HttpResponse(message, status=429, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
 # A browser's like requests run one at a time: seconds the lock may be held, above the longest
 # a like can take (a publish that is never confirmed gives up after about 11 s).
 LIKE_LOCK_S = 30
@@ -166,6 +178,11 @@ def _one_like_at_a_time(request) -> Iterator[bool]:
 def article_like(request, slug: str):
     """Like or unlike, once per session. The page's script asks for JSON (no reload); the form
     without JavaScript gets a redirect back to the article."""
+    # First, before the article is read or a session made: a client that drops its cookies
+    # likes again with every POST, and every like makes a session row.
+    wait = ratelimit.like_wait(client=ratelimit.client_of(request))
+    if wait > 0:
+        return _too_many_likes(request, wait)
     article = selectors.article_get(slug=slug)
     if article is None:
         raise Http404("no such article")

@@ -1,4 +1,5 @@
-"""Counter API (a beacon: no session, no CSRF token). The article pages: pages.py."""
+"""Counter API: a public beacon (no session, no CSRF token: +1 on public namespaces only) and a
+service API behind a token (access.py says who may do what). The article pages: pages.py."""
 
 import logging
 import math
@@ -9,8 +10,8 @@ from django.views.decorators.csrf import csrf_exempt
 from common.json_api import json_error, json_object_body
 from tasks.policy import MAYBE_TRANSIENT, is_transient
 
-from . import ratelimit, services
-from .keys import InvalidCounter, key_validate
+from . import access, ratelimit, services
+from .keys import InvalidCounter, amount_validate, key_validate
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,20 @@ def counter_incr_view(request, key: str):
     try:
         amount = _amount_from_body(request)
         namespace, _ = key_validate(key=key)
-        # Before anything is counted: a refused request costs one Redis call, nothing else.
-        wait = ratelimit.beacon_wait(namespace=namespace, client=ratelimit.client_of(request))
-        if wait > 0:
-            return _too_many(namespace, wait)
-        increment = services.counter_incr(key=key, amount=amount)
+        if access.service_caller(request):
+            increment = services.counter_incr(key=key, amount=amount)
+        else:
+            access.beacon_check(namespace=namespace, amount=amount_validate(amount=amount))
+            # Before the object lookup and the publish: a refused request costs one Redis call.
+            wait = ratelimit.beacon_wait(namespace=namespace, client=ratelimit.client_of(request))
+            if wait > 0:
+                return _too_many(namespace, wait)
+            access.object_check(namespace=namespace, name=key.partition(":")[2])
+            increment = services.counter_incr(key=key, amount=1)
     except InvalidCounter as exc:
         return json_error(400, str(exc))
+    except access.Refused as exc:
+        return json_error(exc.status, str(exc))
     except services.CounterUnavailable as exc:
         if exc.counted is None:
             message = "the queue did not confirm the increment: it may or may not be counted"
@@ -62,9 +70,15 @@ def counter_get_view(request, key: str):
     if request.method != "GET":
         return json_error(405, "use GET")
     try:
+        namespace, _ = key_validate(key=key)
+        if not access.service_caller(request):
+            access.read_check(request=request, namespace=namespace)
+            access.object_check(namespace=namespace, name=key.partition(":")[2])
         reading = services.counter_get(key=key)
     except InvalidCounter as exc:
         return json_error(400, str(exc))
+    except access.Refused as exc:
+        return json_error(exc.status, str(exc))
     except MAYBE_TRANSIENT as exc:
         if not is_transient(exc):
             raise

@@ -15,6 +15,24 @@ COUNTER_NAMESPACES = {
     "product_units_sold": "durable",
     "active_readers": "ephemeral",
 }
+# Who may count what over HTTP (counters/access.py; docs/design.md, "Threat model"). Anyone may
+# read these namespaces, and a key's name must name an existing object: the model's field, as
+# "app_label.Model.field". Every other namespace is read by staff with the view permission on
+# counters, or with a service token.
+COUNTER_PUBLIC_READ = {
+    "article_views": "counters.Article.slug",
+    "article_likes": "counters.Article.slug",
+}
+# The anonymous beacon (POST /api/counters/<key>/incr with no token) adds +1 to these only (a
+# subset of the above). Likes go through the like view (one per session); everything else through
+# the Python API or a service token.
+COUNTER_BEACON_NAMESPACES = frozenset({"article_views"})
+# sha256 hex digests of the service tokens that may count any declared namespace by any amount up
+# to COUNTER_MAX_AMOUNT and read every namespace (`manage.py counters service-token` makes one).
+# Checked without PostgreSQL, so a service keeps counting while the database is down.
+COUNTER_SERVICE_TOKENS = frozenset(
+    digest.strip().lower() for digest in env.list("COUNTER_SERVICE_TOKENS", default=[])
+)
 # Largest |amount| of one increment: a bound that keeps a typo (or an attack) from moving a counter
 # by billions, far above any real "likes +1" or "units sold +n".
 COUNTER_MAX_AMOUNT = env.int("COUNTER_MAX_AMOUNT", default=1_000_000)
@@ -44,9 +62,17 @@ COUNTER_RATE_LIMITS = {
     namespace: rate_limit_parse(spec, name=f"COUNTER_RATE_LIMITS[{namespace}]")
     for namespace, spec in env.dict("COUNTER_RATE_LIMITS", default={}).items()
 }
-# Behind a proxy: the header holding the client's address (e.g. X-Real-IP; X-Forwarded-For's last
-# entry). Unset: the connection's address.
+# Behind a proxy: the header holding the client's address (e.g. X-Real-IP, or X-Forwarded-For:
+# its last entry not itself a trusted proxy), believed only from a peer inside
+# COUNTER_TRUSTED_PROXIES (CIDRs); from anyone else it is ignored, since a client can send any
+# header. Unset: the connection's address.
 COUNTER_CLIENT_IP_HEADER = env("COUNTER_CLIENT_IP_HEADER", default="")
+COUNTER_TRUSTED_PROXIES = env.list("COUNTER_TRUSTED_PROXIES", default=[])
+# The like view (/articles/<slug>/like): a client that drops its cookies likes again, and each
+# like makes a session row, so it is limited per client address, in every environment.
+COUNTER_LIKE_RATE_LIMIT = rate_limit_parse(
+    env("COUNTER_LIKE_RATE_LIMIT", default="30/60"), name="COUNTER_LIKE_RATE_LIMIT"
+)
 # An article page counts one view per visitor (cookie) and article in this window (0: every view).
 COUNTER_VIEW_WINDOW_S = env.int("COUNTER_VIEW_WINDOW_S", default=1800)
 # The apply worker flushes a batch at this many deltas or after this long, whichever comes first.

@@ -17,3 +17,18 @@ def worker(broker, database_url, cache_redis, worker_log_dir):
         broker_url=broker, database_url=database_url, log_dir=worker_log_dir
     ) as running:
         yield running
+
+
+SERVICE_TOKEN = "counters-service-token-of-the-tests"
+
+
+@pytest.fixture
+def service(settings) -> dict:
+    """A service token the web accepts (its digest in COUNTER_SERVICE_TOKENS): the test
+    client's keyword arguments that send it."""
+    import hashlib
+
+    settings.COUNTER_SERVICE_TOKENS = frozenset(
+        {hashlib.sha256(SERVICE_TOKEN.encode()).hexdigest()}
+    )
+    return {"HTTP_AUTHORIZATION": f"Bearer {SERVICE_TOKEN}"}

@@ -14,9 +14,11 @@ from ..helpers import publishing_to, queue_depth
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def post(client, key, body=None, content_type="application/json"):
+def post(client, key, body=None, content_type="application/json", **extra):
     data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
-    return client.post(f"/api/counters/{key}/incr", data=data or "", content_type=content_type)
+    return client.post(
+        f"/api/counters/{key}/incr", data=data or "", content_type=content_type, **extra
+    )
 
 
 @pytest.fixture
@@ -70,9 +72,11 @@ def test_wrong_method_is_a_405_json_error(client):
 @pytest.mark.parametrize(
     "dead_broker", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1//"]
 )
-def test_unreachable_broker_is_a_503_and_nothing_is_counted(dead_broker, cache_redis, client):
+def test_unreachable_broker_is_a_503_and_nothing_is_counted(
+    dead_broker, cache_redis, client, service
+):
     with publishing_to(dead_broker):
-        response = post(client, "article_views:down", {"amount": 5})
+        response = post(client, "article_views:down", {"amount": 5}, **service)
     assert response.status_code == 503
     body = response.json()
     assert "not counted" in body["error"] and body["counted"] is False
@@ -80,19 +84,19 @@ def test_unreachable_broker_is_a_503_and_nothing_is_counted(dead_broker, cache_r
     cancelled = AppliedDelta.objects.get(delta_id=body["delta_id"])
     assert (cancelled.key, cancelled.amount) == ("article_views:down", 0)
     assert not list(cache_redis.scan_iter(match=cache.PREFIX + "*"))
-    reading = client.get("/api/counters/article_views:down").json()
+    reading = client.get("/api/counters/article_views:down", **service).json()
     assert reading == {"key": "article_views:down", "value": 0, "durable": 0, "pending": 0}
 
 
-def test_increment_and_read_over_http(broker_url, cache_redis, client):
+def test_increment_and_read_over_http(broker_url, cache_redis, client, service):
     with publishing_to(broker_url):
-        first = post(client, "article_likes:http").json()
-        response = post(client, "article_likes:http", {"amount": 4})
+        first = post(client, "article_likes:http", **service).json()
+        response = post(client, "article_likes:http", {"amount": 4}, **service)
     assert first == {"key": "article_likes:http", "value": 1, "delta_id": first["delta_id"]}
     assert response.status_code == 200
     second = response.json()
     assert second == {"key": "article_likes:http", "value": 5, "delta_id": second["delta_id"]}
     assert uuid.UUID(first["delta_id"]) != uuid.UUID(second["delta_id"])
-    reading = client.get("/api/counters/article_likes:http").json()
+    reading = client.get("/api/counters/article_likes:http", **service).json()
     assert reading == {"key": "article_likes:http", "value": 5, "durable": 0, "pending": 5}
     assert queue_depth(broker_url, "counters") == 2  # no worker here: both deltas wait in the queue

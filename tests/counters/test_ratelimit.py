@@ -1,13 +1,11 @@
 """Abuse limits on the public beacon (counters/ratelimit.py) and one view per session and article
 (counters/views.py), through Django's test client on real servers."""
 
-import json
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 
-from counters import services
+from counters import access, services
 from counters.models import Article
 from project.settings.counters import rate_limit_parse
 
@@ -19,46 +17,60 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def beacon(broker_url, cache_redis, settings):
     settings.COUNTER_RATE_LIMIT = (3, 60.0)
-    settings.COUNTER_RATE_LIMITS = {"article_likes": None}
+    access._seen.clear()
     with publishing_to(broker_url):
+        Article.objects.create(slug="limited", title="Limited", body="Counted.")
         yield
 
 
-def incr(key: str, *, client: str = "203.0.113.7", amount: int = 1):
+def incr(key: str, *, client: str = "203.0.113.7", **extra):
     return Client(REMOTE_ADDR=client).post(
-        f"/api/counters/{key}/incr", json.dumps({"amount": amount}), "application/json"
+        f"/api/counters/{key}/incr", "{}", "application/json", **extra
     )
 
 
-def test_past_its_limit_a_client_gets_429_with_retry_after_and_nothing_is_counted(beacon):
+def test_past_its_limit_a_client_gets_429_with_retry_after_and_nothing_is_counted(beacon, service):
     key = "article_views:limited"
-    assert [incr(key, amount=2).status_code for _ in range(3)] == [200, 200, 200]
-    refused = incr(key, amount=2)
+    assert [incr(key).status_code for _ in range(3)] == [200, 200, 200]
+    refused = incr(key)
     assert refused.status_code == 429
     assert refused.json() == {
         "error": "too many increments of article_views from this client: retry in 20 s"
     }
     assert refused["Retry-After"] == "20"  # one token every 60/3 s
-    assert services.counter_get(key=key).value == 6  # the refused increment counted nothing
-    # Another client, an unlimited namespace and the Python API are not affected.
+    assert services.counter_get(key=key).value == 3  # the refused increment counted nothing
+    # Another client, a service token and the Python API are not affected.
     assert incr(key, client="198.51.100.1").status_code == 200
-    assert [incr("article_likes:limited").status_code for _ in range(5)] == [200] * 5
+    assert [incr(key, **service).status_code for _ in range(5)] == [200] * 5
     for _ in range(5):
         services.counter_incr(key=key)
-    assert services.counter_get(key=key).value == 12
+    assert services.counter_get(key=key).value == 14
 
 
-def test_behind_a_proxy_the_client_is_read_from_the_configured_header(beacon, settings):
+def through_proxy(peer: str, forwarded: str):
+    return Client(REMOTE_ADDR=peer, HTTP_X_FORWARDED_FOR=forwarded).post(
+        "/api/counters/article_views:limited/incr", "{}", "application/json"
+    )
+
+
+def test_behind_a_trusted_proxy_the_client_is_read_from_the_configured_header(beacon, settings):
     settings.COUNTER_CLIENT_IP_HEADER = "X-Forwarded-For"
-    key = "article_views:proxied"
+    settings.COUNTER_TRUSTED_PROXIES = ["10.0.0.0/8"]
+    # The client wrote "1.2.3.4" itself; the proxy appended the address it saw.
+    statuses = [through_proxy("10.0.0.2", "1.2.3.4, 203.0.113.9").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert through_proxy("10.0.0.2", "1.2.3.4, 203.0.113.10").status_code == 200
+    # Two trusted proxies in a row: the client is the last address that is not one of them.
+    assert through_proxy("10.0.0.3", "203.0.113.9, 10.0.0.2").status_code == 429
 
-    def through_proxy(client: str):
-        return Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=f"1.2.3.4, {client}").post(
-            f"/api/counters/{key}/incr", "{}", "application/json"
-        )
 
-    assert [through_proxy("203.0.113.9").status_code for _ in range(4)] == [200, 200, 200, 429]
-    assert through_proxy("203.0.113.10").status_code == 200  # the proxy's address is not it
+def test_a_header_from_an_untrusted_peer_is_ignored(beacon, settings):
+    """A fresh X-Forwarded-For per request bought a fresh bucket: from a peer that is not a
+    trusted proxy the header is not believed, and the peer's own address is limited."""
+    settings.COUNTER_CLIENT_IP_HEADER = "X-Forwarded-For"
+    settings.COUNTER_TRUSTED_PROXIES = ["10.0.0.0/8"]
+    statuses = [through_proxy("203.0.113.50", f"198.51.100.{i}").status_code for i in range(4)]
+    assert statuses == [200, 200, 200, 429]
 
 
 @pytest.mark.parametrize("spec", ["abc", "0/60", "10/0", "-1/60", "x/y"])

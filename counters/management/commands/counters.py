@@ -1,3 +1,5 @@
+import hashlib
+import secrets
 import time
 
 from django.core.management.base import BaseCommand, CommandError
@@ -16,7 +18,7 @@ POLL_S = {"amqp": 1.0, "redis": 0.2}
 
 
 class Command(BaseCommand):
-    help = "Durable counters: get KEY | drain --timeout S | reconcile"
+    help = "Durable counters: get KEY | drain --timeout S | reconcile | service-token"
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
@@ -40,8 +42,25 @@ class Command(BaseCommand):
             "applied (default: COUNTER_REPUBLISH_AFTER_S)",
         )
 
+        sub.add_parser(
+            "service-token",
+            help="make a service token for the counter API (any namespace and amount): prints "
+            "the secret once, and the digest to add to COUNTER_SERVICE_TOKENS",
+        )
+
     def handle(self, *args, action: str, **options):
-        return getattr(self, f"do_{action}")(**options)
+        return getattr(self, f"do_{action.replace('-', '_')}")(**options)
+
+    def do_service_token(self, **options) -> None:
+        # Only the digest goes into the servers' environment: a leak of it counts nothing.
+        secret = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        self.stdout.write(f"token:  {secret}")
+        self.stdout.write(f"digest: {digest}")
+        self.stdout.write(
+            "Add the digest to COUNTER_SERVICE_TOKENS (comma-separated) on every web process; "
+            "the service sends Authorization: Bearer <token>. The token is not shown again."
+        )
 
     def do_get(self, *, key: str, **options) -> None:
         try:
