@@ -963,6 +963,11 @@ def main() -> int:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+        from counters.models import Article
+
+        # The anonymous beacon counts views of existing articles only (counters/access.py).
+        for slug in ("hot", "hot-redis"):
+            Article.objects.get_or_create(slug=slug, defaults={"title": slug, "body": "bench"})
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": path}
         tmp = Path(tempfile.mkdtemp(prefix="bench-"))

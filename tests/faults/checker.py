@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .load import http_json
+from .load import SERVICE_AUTH, http_json
 
 APPLY = "counters.apply_deltas"
 RECOVERY_OKS = 10  # ok increments after the fault, by HTTP and by the Python API each
@@ -292,7 +292,9 @@ def _check_readback(verdict: Verdict, totals: dict, db, web_url: str, cache_url:
     cache = redis.Redis.from_url(cache_url, socket_timeout=5)
     try:
         for key, total in totals.items():
-            status, body = http_json("GET", f"{web_url}/api/counters/{key}", timeout=10)
+            status, body = http_json(
+                "GET", f"{web_url}/api/counters/{key}", headers=SERVICE_AUTH, timeout=10
+            )
             cached = cache.hmget(f"cnt:{key}", "durable", "pending")
             in_cache = sum(int(v) for v in cached) if None not in cached else None
             seen = (status, body.get("value"), in_cache, values.get(key, 0))

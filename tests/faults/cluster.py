@@ -33,7 +33,7 @@ from tasks.broker import rabbitmq_api
 from tasks.topology import WORK_QUEUES
 
 from ..helpers import BASE_DIR, wait_for
-from .load import http_json
+from .load import SERVICE_TOKEN_DIGEST, http_json
 
 # The Redis broker's visibility timeout unless a scenario sets its own (the production one):
 # short enough that the "main process killed" scenario drains in seconds; longer than twice the
@@ -198,6 +198,7 @@ class Cluster:
             "REDIS_URL": self.cache_url,
             "CELERY_BROKER_URL": self.broker_url,
             "COUNTER_FAULTS": self.faults,
+            "COUNTER_SERVICE_TOKENS": SERVICE_TOKEN_DIGEST,
             "REDIS_BROKER_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             "DATABASE_CONNECT_TIMEOUT": "2",
             "DATABASE_STATEMENT_TIMEOUT_MS": "5000",

@@ -24,6 +24,7 @@ the durable value plus the acknowledged negative deltas not yet applied.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -55,6 +56,13 @@ def no_answer_cause(exc: BaseException) -> str:
     if isinstance(reason, ConnectionError | http.client.HTTPException):
         return "connection lost"
     return "other"
+
+
+# The harness counts any namespace by any amount over HTTP, as a service does: with a service
+# token (counters/access.py). Its digest is in every web's COUNTER_SERVICE_TOKENS (cluster.py).
+SERVICE_TOKEN = "fault-suite-service-token"
+SERVICE_TOKEN_DIGEST = hashlib.sha256(SERVICE_TOKEN.encode()).hexdigest()
+SERVICE_AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 
 
 def http_json(
@@ -170,7 +178,9 @@ class Load:
         while self.running():
             key, amount = self.pick(rng)
             t0 = time.time()
-            status, body = self.http("POST", f"/api/counters/{key}/incr", {"amount": amount})
+            status, body = self.http(
+                "POST", f"/api/counters/{key}/incr", {"amount": amount}, headers=SERVICE_AUTH
+            )
             t = time.time()
             outcome, cause = incr_outcome(status, body)
             entry = {"outcome": outcome, "cause": cause, "status": status, "t0": t0, "t": t}
@@ -303,7 +313,7 @@ class Load:
                 with self.lock:
                     floor = self.floor[key]
                 t0 = time.time()
-                status, body = self.http("GET", f"/api/counters/{key}")
+                status, body = self.http("GET", f"/api/counters/{key}", headers=SERVICE_AUTH)
                 t = time.time()
                 cause = read_cause(status, body)
                 entry = {"t0": t0, "t": t, "floor": floor, "status": status, "cause": cause}

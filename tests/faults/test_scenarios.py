@@ -26,7 +26,7 @@ from ..helpers import BASE_DIR, wait_for
 from . import scenarios as sc
 from .checker import RECOVERY_GRACE_S, RECOVERY_OKS, Expect, Verdict, history_since
 from .cluster import Cluster
-from .load import incr_outcome
+from .load import SERVICE_AUTH, incr_outcome
 from .settle import DRAIN_TIMEOUT_S, settle_and_check
 
 WARM_OPS = 30  # ok increments logged before the fault is injected (half by HTTP, half by API)
@@ -55,7 +55,11 @@ class Run:
         """An increment sent by the harness itself, logged like the load's."""
         t0 = time.time()
         status, body = self.cluster.http(
-            "POST", f"/api/counters/{key}/incr", {"amount": amount}, timeout=20
+            "POST",
+            f"/api/counters/{key}/incr",
+            {"amount": amount},
+            headers=SERVICE_AUTH,
+            timeout=20,
         )
         t = time.time()
         outcome, cause = incr_outcome(status, body)
