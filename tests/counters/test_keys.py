@@ -28,6 +28,7 @@ def test_valid_keys(key, data_class):
         ("article_views:a b", "namespace:name"),
         ("article_views:", "namespace:name"),
         ("article_views:é", "namespace:name"),
+        ("article_views:x\n", "namespace:name"),  # not a second, look-alike key of x
         ("nope:x", "unknown counter namespace"),
         ("article_views:" + "a" * 187, "longer than 200"),
     ],
