@@ -14,7 +14,7 @@ from .models import (
     Product,
     StockChange,
 )
-from .services import OrderInputError, account_deposit, order_cancel
+from .services import IdempotencyConflict, OrderInputError, account_deposit, order_cancel
 from .tokens import api_tokens_revoke
 
 
@@ -24,7 +24,7 @@ class PaymentInline(admin.TabularInline):
     model = Payment
     extra = 0
     can_delete = False
-    readonly_fields = ["kind", "amount", "order", "created_at"]
+    readonly_fields = ["kind", "amount", "order", "actor", "created_at"]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -61,9 +61,22 @@ class AccountAdmin(admin.ModelAdmin):
     readonly_fields = ["balance", "version"]  # balances change only through services
     inlines = [PaymentInline]
 
+    def _may_deposit(self, request) -> bool:
+        # change_account lets staff rename an account; crediting it is a grant of its own.
+        return request.user.has_perm("orders.deposit")
+
     def get_fields(self, request, obj=None):
         fields = ["name", "owner", "balance", "version"]
-        return [*fields, "deposit", "deposit_key"] if obj else fields
+        return [*fields, "deposit", "deposit_key"] if obj and self._may_deposit(request) else fields
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if not self._may_deposit(request):
+            # Declared form fields survive get_fields(): drop them, so a deposit posted by hand
+            # is ignored, not made. (A fresh class per call: this changes no other request.)
+            form.base_fields.pop("deposit", None)
+            form.base_fields.pop("deposit_key", None)
+        return form
 
     def save_model(self, request, obj, form, change) -> None:
         if not change:
@@ -75,13 +88,24 @@ class AccountAdmin(admin.ModelAdmin):
         if changes:
             staff.account_update(account_id=obj.pk, changes=changes)
         amount = form.cleaned_data.get("deposit")
-        if amount:
+        if amount and self._may_deposit(request):
             key = form.cleaned_data.get("deposit_key") or uuid.uuid4().hex
-            outcome = account_deposit(
-                account_id=obj.pk, amount=amount, idempotency_key=f"admin-deposit:{key}"
-            )
-            if outcome.replayed:
-                messages.warning(request, "This deposit form was submitted before: not repeated.")
+            try:
+                outcome = account_deposit(
+                    account_id=obj.pk,
+                    amount=amount,
+                    idempotency_key=f"admin-deposit:{key}",
+                    actor=request.user,
+                )
+            except IdempotencyConflict:  # the form's key reused with another amount
+                messages.error(
+                    request, "This deposit form was submitted before with another amount."
+                )
+            else:
+                if outcome.replayed:
+                    messages.warning(
+                        request, "This deposit form was submitted before: not repeated."
+                    )
         obj.refresh_from_db()
 
     def has_delete_permission(self, request, obj=None) -> bool:
@@ -175,17 +199,31 @@ class OrderAdmin(admin.ModelAdmin):
     inlines = [OrderLineInline]
     actions = ["cancel_and_refund"]
 
-    @admin.action(description="Cancel and refund the selected orders (restocks)")
+    # Refunding moves money: change_order, not the view permission that lists the orders.
+    @admin.action(
+        description="Cancel and refund the selected orders (restocks)", permissions=["change"]
+    )
     def cancel_and_refund(self, request, queryset) -> None:
         # Through the cancel service; one key per order, so a second click refunds nothing more.
-        done = refused = 0
+        # The key is in the staff's idempotency scope, which no customer request writes into;
+        # an order that cannot be cancelled is reported and the others still are.
+        done = already = 0
         for order_id in queryset.order_by("pk").values_list("pk", flat=True):
-            outcome = order_cancel(order_id=order_id, idempotency_key=f"admin-cancel:{order_id}")
+            try:
+                outcome = order_cancel(
+                    order_id=order_id,
+                    idempotency_key=f"admin-cancel:{order_id}",
+                    actor=request.user,
+                    staff_action=True,
+                )
+            except (IdempotencyConflict, OrderInputError, Order.DoesNotExist) as exc:
+                messages.error(request, f"Order {order_id} was not cancelled: {exc}")
+                continue
             if outcome.status == 200 and not outcome.replayed:
                 done += 1
             else:
-                refused += 1
-        messages.info(request, f"{done} cancelled and refunded; {refused} already cancelled.")
+                already += 1
+        messages.info(request, f"{done} cancelled and refunded; {already} already cancelled.")
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -205,10 +243,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are created with ``manage.py api_token`` (the secret is shown once); here they are
     listed (first characters, never the token) and revoked."""
 
-    list_display = ["prefix", "user", "created_at", "expires_at", "revoked_at", "state"]
+    list_display = ["prefix", "user", "scopes", "created_at", "expires_at", "revoked_at", "state"]
     list_filter = ["revoked_at"]
     search_fields = ["user__username", "prefix"]
-    readonly_fields = ["user", "prefix", "created_at", "expires_at", "revoked_at"]
+    readonly_fields = ["user", "prefix", "scopes", "created_at", "expires_at", "revoked_at"]
     exclude = ["token_hash"]
     actions = ["revoke"]
 
@@ -224,7 +262,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
         return obj.refusal(now=timezone.now()) or "active"
 
-    @admin.action(description="Revoke the selected tokens")
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
     def revoke(self, request, queryset) -> None:
         count = api_tokens_revoke(ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

@@ -16,6 +16,9 @@ class Account(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(balance__gte=0), name="balance_gte_0")]
+        # Money enters an account only by this explicit grant (superusers have it implicitly);
+        # change_account lets staff rename an account, never credit it.
+        permissions = [("deposit", "Can deposit into any account")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.balance})"
@@ -77,6 +80,11 @@ class Payment(models.Model):
     )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.BigIntegerField(help_text="Signed: + credits the account, - debits it.")
+    # Who moved the money, when it was not the owner's own order or cancel: every deposit, and an
+    # order placed or cancelled by staff on someone else's account. Null: the owner (or a script).
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,7 +115,11 @@ class ApiToken(models.Model):
     """A bearer token for API clients (``Authorization: Bearer <token>``); only its hash is kept,
     and its first characters, to tell tokens apart in lists. Created, listed and revoked with
     ``manage.py api_token`` (orders/tokens.py); revoked in the admin too. An expired or revoked
-    token is refused (401)."""
+    token is refused (401); one without the scope a request needs gets 403. Scopes only narrow:
+    the user's own permissions still apply."""
+
+    SCOPES = ("orders:read", "orders:write", "accounts:deposit")
+    DEFAULT_SCOPES = "orders:read orders:write"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
@@ -117,9 +129,16 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)  # null: never
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.CharField(
+        max_length=200, default=DEFAULT_SCOPES, help_text="Space-separated: " + " ".join(SCOPES)
+    )
 
     def __str__(self) -> str:
         return f"{self.prefix or '?'}... of user {self.user_id}"
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scopes.split())
 
     def refusal(self, *, now) -> str | None:
         """Why this token cannot be used now, or None."""

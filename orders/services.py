@@ -8,13 +8,20 @@ the commit (``transaction.on_commit``) are the cached copies written through; th
 (tasks/outbox.py): a transaction that rolls back caches and dispatches nothing, and one that
 commits dispatches them at least once, whatever the broker was doing at the commit.
 
-Every call carries an idempotency key (orders/idempotency.py).
+Every call carries an idempotency key (orders/idempotency.py). Its scope is the account's
+(``account:<id>``) when the owner acts, or no actor is named (scripts); a staff action, and a
+request on someone else's account, keys in ``staff:<actor id>:account:<id>``, which no customer
+request can write into: a customer cannot pre-empt a staff action's key (issue 26).
+
+Who may call these is decided by the callers (orders/auth.py for the API and the pages, model
+permissions in the admin); ``actor`` only records who moved the money on the payment.
 """
 
 from __future__ import annotations
 
 import logging
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from counters.keys import InvalidCounter
@@ -69,17 +76,39 @@ def _parse_lines(lines: object) -> dict[str, int]:
     return wanted
 
 
-def _existing_account(account_id: object) -> int:
+def _account_owner(account_id: object) -> int:
+    """The owner's id of an existing account (its id checked first)."""
     if isinstance(account_id, bool) or not isinstance(account_id, int):
         raise OrderInputError("account must be an integer id")
-    if not Account.objects.filter(pk=account_id).exists():
+    owner_id = Account.objects.filter(pk=account_id).values_list("owner_id", flat=True).first()
+    if owner_id is None:
         raise Account.DoesNotExist(f"no account {account_id}")
-    return account_id
+    return owner_id
 
 
-def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> Outcome:
-    """Debit the account, take the stock, create the order and its payment: all or nothing."""
-    account_id = _existing_account(account_id)
+def _acting_for_other(*, actor: AbstractBaseUser | None, owner_id: int) -> bool:
+    return actor is not None and actor.pk != owner_id
+
+
+def _idempotency_scope(*, account_id: int, actor: AbstractBaseUser | None, staff: bool) -> str:
+    if actor is not None and staff:
+        return f"staff:{actor.pk}:account:{account_id}"
+    return f"account:{account_id}"
+
+
+def order_place(
+    *,
+    account_id: int,
+    lines: list[dict],
+    idempotency_key: str,
+    actor: AbstractBaseUser | None = None,
+    staff_action: bool = False,
+) -> Outcome:
+    """Debit the account, take the stock, create the order and its payment: all or nothing.
+
+    ``actor``: who places it; recorded on the payment when it is not the owner. ``staff_action``:
+    key in the staff scope even if the actor owns the account (the admin's actions)."""
+    for_other = _acting_for_other(actor=actor, owner_id=_account_owner(account_id))
     wanted = _parse_lines(lines)
     products = {p.sku: p for p in Product.objects.filter(sku__in=wanted)}
     unknown = sorted(set(wanted) - set(products))
@@ -112,7 +141,11 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
             OrderLine(order=order, product=p, qty=wanted[p.sku], unit_price=p.price) for p in locked
         )
         Payment.objects.create(
-            account=account, order=order, kind=Payment.Kind.ORDER_DEBIT, amount=-total
+            account=account,
+            order=order,
+            kind=Payment.Kind.ORDER_DEBIT,
+            amount=-total,
+            actor=actor if for_other else None,
         )
         _after_commit_order(
             order=order, account=account, sold={p.pk: wanted[p.sku] for p in locked}
@@ -120,7 +153,9 @@ def order_place(*, account_id: int, lines: list[dict], idempotency_key: str) -> 
         return 201, order_data(order)
 
     return idempotent_run(
-        scope=f"account:{account_id}",
+        scope=_idempotency_scope(
+            account_id=account_id, actor=actor, staff=staff_action or for_other
+        ),
         key=idempotency_key,
         operation="order_place",
         payload={"account": account_id, "lines": wanted},
@@ -145,11 +180,18 @@ def _after_commit_order(*, order: Order, account: Account, sold: dict[int, int])
         logger.exception("order %s: a counter key was refused", order.pk)
 
 
-def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
-    """Refund the balance and restock, once."""
-    order = Order.objects.filter(pk=order_id).first()
+def order_cancel(
+    *,
+    order_id: int,
+    idempotency_key: str,
+    actor: AbstractBaseUser | None = None,
+    staff_action: bool = False,
+) -> Outcome:
+    """Refund the balance and restock, once. ``actor`` and ``staff_action`` as in order_place."""
+    order = Order.objects.select_related("account").filter(pk=order_id).first()
     if order is None:
         raise Order.DoesNotExist(f"no order {order_id}")
+    for_other = _acting_for_other(actor=actor, owner_id=order.account.owner_id)
 
     def run() -> tuple[int, dict]:
         account = Account.objects.select_for_update().get(pk=order.account_id)
@@ -174,14 +216,20 @@ def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
         locked.version += 1
         locked.save(update_fields=["status", "version"])
         Payment.objects.create(
-            account=account, order=locked, kind=Payment.Kind.REFUND, amount=locked.total
+            account=account,
+            order=locked,
+            kind=Payment.Kind.REFUND,
+            amount=locked.total,
+            actor=actor if for_other else None,
         )
         _account_cache_after_commit(account)
         _order_cache_after_commit(locked)
         return 200, order_data(locked)
 
     return idempotent_run(
-        scope=f"account:{order.account_id}",
+        scope=_idempotency_scope(
+            account_id=order.account_id, actor=actor, staff=staff_action or for_other
+        ),
         key=idempotency_key,
         operation="order_cancel",
         payload={"order": order_id},
@@ -189,8 +237,17 @@ def order_cancel(*, order_id: int, idempotency_key: str) -> Outcome:
     )
 
 
-def account_deposit(*, account_id: int, amount: int, idempotency_key: str) -> Outcome:
-    account_id = _existing_account(account_id)
+def account_deposit(
+    *,
+    account_id: int,
+    amount: int,
+    idempotency_key: str,
+    actor: AbstractBaseUser | None = None,
+) -> Outcome:
+    """Credit the account. Only staff with ``orders.deposit`` may (checked by the callers);
+    ``actor`` is recorded on the payment, and keys in the staff scope. None: a script
+    (``seed_demo``, tests), keyed in the account's scope as before."""
+    _account_owner(account_id)
     if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= 10**9:
         raise OrderInputError("amount must be an integer from 1 to 1000000000 (minor units)")
 
@@ -199,12 +256,14 @@ def account_deposit(*, account_id: int, amount: int, idempotency_key: str) -> Ou
         account.balance += amount
         account.version += 1
         account.save(update_fields=["balance", "version"])
-        Payment.objects.create(account=account, kind=Payment.Kind.DEPOSIT, amount=amount)
+        Payment.objects.create(
+            account=account, kind=Payment.Kind.DEPOSIT, amount=amount, actor=actor
+        )
         _account_cache_after_commit(account)
         return 200, account_data(account)
 
     return idempotent_run(
-        scope=f"account:{account_id}",
+        scope=_idempotency_scope(account_id=account_id, actor=actor, staff=True),
         key=idempotency_key,
         operation="account_deposit",
         payload={"amount": amount},

@@ -1,5 +1,9 @@
 """API bearer tokens: create (the secret is shown once; its sha256 and first characters are
-kept), list, revoke. ``manage.py api_token`` and the admin call these."""
+kept), list, revoke. ``manage.py api_token`` and the admin call these.
+
+A token expires after ``API_TOKEN_DEFAULT_EXPIRY_DAYS`` unless told otherwise (a forgotten token
+should not work for ever; never expiring is an explicit choice), and carries scopes
+(``ApiToken.SCOPES``) that narrow what it may do; the user's permissions still apply."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import datetime as dt
 import hashlib
 import secrets
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
@@ -32,10 +37,37 @@ def _user(username: str):
     return user
 
 
-def api_token_create(*, username: str, expires_in_days: int | None = None) -> tuple[str, ApiToken]:
-    """A new token for the user: (the secret, to show once; its row)."""
+def _scopes(scopes: list[str] | None) -> str:
+    if scopes is None:
+        return ApiToken.DEFAULT_SCOPES
+    # "--scope a --scope b" and "--scope a,b" (or "a b") alike.
+    given = [part for item in scopes for part in item.replace(",", " ").split()]
+    unknown = sorted(set(given) - set(ApiToken.SCOPES))
+    if unknown or not given:
+        raise TokenError(
+            f"unknown scope {', '.join(unknown) or '(none given)'}; "
+            f"scopes are {', '.join(ApiToken.SCOPES)}"
+        )
+    return " ".join(scope for scope in ApiToken.SCOPES if scope in given)
+
+
+def api_token_create(
+    *,
+    username: str,
+    expires_in_days: int | None = None,
+    never_expires: bool = False,
+    scopes: list[str] | None = None,
+) -> tuple[str, ApiToken]:
+    """A new token for the user: (the secret, to show once; its row). It expires after
+    ``expires_in_days``, else ``API_TOKEN_DEFAULT_EXPIRY_DAYS``; never only if ``never_expires``.
+    ``scopes``: from ``ApiToken.SCOPES``; None: ``ApiToken.DEFAULT_SCOPES``."""
+    if never_expires and expires_in_days is not None:
+        raise TokenError("give --expires-in or --no-expiry, not both")
+    if expires_in_days is None and not never_expires:
+        expires_in_days = settings.API_TOKEN_DEFAULT_EXPIRY_DAYS
     if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
         raise TokenError(f"--expires-in must be between 1 and {MAX_EXPIRY_DAYS} days")
+    scope_text = _scopes(scopes)
     user = _user(username)
     secret = secrets.token_urlsafe(32)
     expires_at = None
@@ -46,6 +78,7 @@ def api_token_create(*, username: str, expires_in_days: int | None = None) -> tu
         token_hash=token_hash(secret),
         prefix=secret[:PREFIX_LENGTH],
         expires_at=expires_at,
+        scopes=scope_text,
     )
     return secret, token
 
@@ -80,12 +113,17 @@ def api_tokens_revoke(*, ids: list[int]) -> int:
     )
 
 
-def api_token_user(*, secret: str):
-    """The active user a presented token belongs to; TokenError says why not."""
+def api_token_get(*, secret: str) -> ApiToken:
+    """The usable token presented (its ``user`` loaded, and active); TokenError says why not."""
     token = ApiToken.objects.select_related("user").filter(token_hash=token_hash(secret)).first()
     if token is None or not token.user.is_active:
         raise TokenError("invalid token")
     refusal = token.refusal(now=timezone.now())
     if refusal:
         raise TokenError(refusal)
-    return token.user
+    return token
+
+
+def api_token_user(*, secret: str):
+    """The active user a presented token belongs to; TokenError says why not."""
+    return api_token_get(secret=secret).user

@@ -15,14 +15,10 @@ from common.json_api import json_error, json_object_body
 from tasks.policy import MAYBE_TRANSIENT, is_transient
 
 from . import selectors, services
-from .auth import CsrfFailed, NotAuthenticated, can_use_account, request_user
+from .auth import Caller, CsrfFailed, NotAuthenticated, NotPermitted, may_act, request_caller
 from .models import Account, Order
 
 logger = logging.getLogger(__name__)
-
-
-class NotYourAccount(Exception):
-    """The account exists but belongs to someone else (HTTP 403)."""
 
 
 def _json_body(request) -> dict:
@@ -33,13 +29,13 @@ def _api(method: str):
     """Authentication, authorization errors and input errors as JSON, for every API view."""
 
     def decorate(view):
-        @csrf_exempt  # checked in request_user() for session requests; tokens need none
+        @csrf_exempt  # checked in request_caller() for session requests; tokens need none
         def wrapped(request, *args, **kwargs):
             if request.method != method:
                 return json_error(405, f"use {method}")
             try:
-                user = request_user(request)
-                return view(request, user, *args, **kwargs)
+                caller = request_caller(request)
+                return view(request, caller, *args, **kwargs)
             except NotAuthenticated as exc:
                 return json_error(401, str(exc))
             except CsrfFailed as exc:
@@ -50,8 +46,8 @@ def _api(method: str):
                 return json_error(422, str(exc))
             except (Account.DoesNotExist, Order.DoesNotExist) as exc:
                 return json_error(404, str(exc))
-            except NotYourAccount:
-                return json_error(403, "this account is not yours")
+            except NotPermitted as exc:
+                return json_error(403, str(exc))
             except MAYBE_TRANSIENT as exc:
                 if not is_transient(exc):
                     raise
@@ -76,12 +72,13 @@ def _idempotency_key(request) -> str:
     return key
 
 
-def _owned_account(user, account_id) -> Account:
+def _permitted_account(caller: Caller, account_id, *, action: str) -> Account:
+    """The account, if the caller may do ``action`` on it (orders/auth.py); else 404 or 403."""
+    caller.require(action=action)  # the token's scope: refused before anything is looked up
     account = selectors.account_get(account_id=account_id)
     if account is None:
         raise Account.DoesNotExist(f"no account {account_id}")
-    if not can_use_account(user, account):
-        raise NotYourAccount
+    caller.require(action=action, owner_id=account.owner_id)
     return account
 
 
@@ -90,7 +87,8 @@ def _respond(outcome: services.Outcome) -> JsonResponse:
 
 
 @_api("POST")
-def orders_create(request, user):
+def orders_create(request, caller):
+    caller.require(action="place_order")
     key = _idempotency_key(request)
     payload = _json_body(request)
     unexpected = set(payload) - {"account", "lines"}
@@ -99,47 +97,51 @@ def orders_create(request, user):
     account_id = payload.get("account")
     if isinstance(account_id, bool) or not isinstance(account_id, int):
         raise services.OrderInputError("account must be an integer id")
-    _owned_account(user, account_id)
+    _permitted_account(caller, account_id, action="place_order")
     outcome = services.order_place(
-        account_id=account_id, lines=payload.get("lines"), idempotency_key=key
+        account_id=account_id, lines=payload.get("lines"), idempotency_key=key, actor=caller.user
     )
     return _respond(outcome)
 
 
 @_api("GET")
-def order_detail(request, user, order_id: int):
+def order_detail(request, caller, order_id: int):
+    caller.require(action="view_order")
     data = selectors.order_get_cached(order_id=order_id)
     if data is None:
         raise Order.DoesNotExist(f"no order {order_id}")
-    _owned_account(user, data["account"])
+    _permitted_account(caller, data["account"], action="view_order")
     return JsonResponse(data)
 
 
 @_api("POST")
-def order_cancel(request, user, order_id: int):
+def order_cancel(request, caller, order_id: int):
+    caller.require(action="cancel_order")
     key = _idempotency_key(request)
     order = selectors.order_get(order_id=order_id)
     if order is None:
         raise Order.DoesNotExist(f"no order {order_id}")
-    _owned_account(user, order.account_id)
-    return _respond(services.order_cancel(order_id=order_id, idempotency_key=key))
+    _permitted_account(caller, order.account_id, action="cancel_order")
+    outcome = services.order_cancel(order_id=order_id, idempotency_key=key, actor=caller.user)
+    return _respond(outcome)
 
 
 @_api("GET")
-def account_detail(request, user, account_id: int):
-    _owned_account(user, account_id)
+def account_detail(request, caller, account_id: int):
+    _permitted_account(caller, account_id, action="view_account")
     return JsonResponse(selectors.account_get_cached(account_id=account_id))
 
 
 @_api("POST")
-def account_deposit(request, user, account_id: int):
+def account_deposit(request, caller, account_id: int):
+    caller.require(action="deposit")
     key = _idempotency_key(request)
     payload = _json_body(request)
     if set(payload) != {"amount"}:
         raise services.OrderInputError('body must be {"amount": n}')
-    _owned_account(user, account_id)
+    _permitted_account(caller, account_id, action="deposit")
     outcome = services.account_deposit(
-        account_id=account_id, amount=payload["amount"], idempotency_key=key
+        account_id=account_id, amount=payload["amount"], idempotency_key=key, actor=caller.user
     )
     return _respond(outcome)
 
@@ -170,7 +172,9 @@ def shop(request):
 @require_POST
 def shop_order(request):
     account = selectors.account_get(account_id=_int_or_none(request.POST.get("account")))
-    if account is None or account.owner_id != request.user.pk:
+    if account is None or not may_act(
+        request.user, action="place_order", owner_id=account.owner_id
+    ):
         raise Http404("no such account of yours")
     lines = [
         {"sku": sku, "qty": int(qty)}
@@ -179,7 +183,10 @@ def shop_order(request):
     ]
     try:
         outcome = services.order_place(
-            account_id=account.pk, lines=lines, idempotency_key=request.POST.get("form_key", "")
+            account_id=account.pk,
+            lines=lines,
+            idempotency_key=request.POST.get("form_key", ""),
+            actor=request.user,
         )
     except (services.OrderInputError, services.IdempotencyConflict) as exc:
         messages.error(request, str(exc))
@@ -196,10 +203,15 @@ def shop_order_detail(request, order_id: int):
     if order is None:
         return redirect("shop")
     account = selectors.account_get(account_id=order["account"])
-    if account is None or not can_use_account(request.user, account):
+    if account is None or not may_act(request.user, action="view_order", owner_id=account.owner_id):
         return redirect("shop")
     lines = [{**line, "amount": line["qty"] * line["unit_price"]} for line in order["lines"]]
-    context = {"order": order, "lines": lines, "cancel_key": uuid.uuid4().hex}
+    context = {
+        "order": order,
+        "lines": lines,
+        "cancel_key": uuid.uuid4().hex,
+        "may_cancel": may_act(request.user, action="cancel_order", owner_id=account.owner_id),
+    }
     return render(request, "orders/order.html", context)
 
 
@@ -207,10 +219,12 @@ def shop_order_detail(request, order_id: int):
 @require_POST
 def shop_order_cancel(request, order_id: int):
     order = selectors.order_get(order_id=order_id)
-    if order is None or order.account.owner_id != request.user.pk:
+    if order is None or not may_act(
+        request.user, action="cancel_order", owner_id=order.account.owner_id
+    ):
         raise Http404("no such order of yours")
     outcome = services.order_cancel(
-        order_id=order.pk, idempotency_key=request.POST.get("cancel_key", "")
+        order_id=order.pk, idempotency_key=request.POST.get("cancel_key", ""), actor=request.user
     )
     if outcome.status != 200:
         messages.error(request, outcome.body["error"])

@@ -15,12 +15,16 @@ def _each(modeladmin, request, queryset, operation, verb: str) -> None:
     modeladmin.message_user(request, f"{verb} {done} dead letter(s).", messages.SUCCESS)
 
 
-@admin.action(description="Replay the selected dead letters (publish them again)")
+# Both change what happens to a message (publish it again, or give it up): change_deadletter, not
+# the view permission that lists them (issue 26).
+@admin.action(
+    description="Replay the selected dead letters (publish them again)", permissions=["change"]
+)
 def replay(modeladmin, request, queryset):
     _each(modeladmin, request, queryset, dead_letter_replay, "Replayed")
 
 
-@admin.action(description="Discard the selected dead letters")
+@admin.action(description="Discard the selected dead letters", permissions=["change"])
 def discard(modeladmin, request, queryset):
     _each(modeladmin, request, queryset, dead_letter_discard, "Discarded")
 

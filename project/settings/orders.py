@@ -1,5 +1,7 @@
 """Critical data (orders/): idempotency keys and the confirmation mail."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .celery import CELERY_BEAT_SCHEDULE
 from .env import BASE_DIR, env
 
@@ -24,3 +26,9 @@ LOGIN_REDIRECT_URL = "/shop/"
 # Amounts are stored, and exchanged by the API, as integers in minor units (cents) of this
 # currency; the pages show them as money with two decimals (orders/money.py).
 SHOP_CURRENCY = env("SHOP_CURRENCY", default="EUR")
+# API tokens made by `manage.py api_token` expire after this many days unless --expires-in says
+# otherwise; never expiring takes an explicit --no-expiry (a forgotten token should not work for
+# ever).
+API_TOKEN_DEFAULT_EXPIRY_DAYS = env.int("API_TOKEN_DEFAULT_EXPIRY_DAYS", default=90)
+if not 1 <= API_TOKEN_DEFAULT_EXPIRY_DAYS <= 3650:  # orders/tokens.py: MAX_EXPIRY_DAYS
+    raise ImproperlyConfigured("API_TOKEN_DEFAULT_EXPIRY_DAYS must be from 1 to 3650")

@@ -8,12 +8,13 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 
 from counters.models import AppliedDelta, Counter
 from orders import selectors, services
-from orders.models import Order, Payment, Product, StockChange
+from orders.models import IdempotencyRecord, Order, Payment, Product, StockChange
 
 
 @pytest.fixture
@@ -116,8 +117,11 @@ def test_a_deposit_in_the_admin_goes_through_the_service_once_per_form(
         assert staff_client.post(url, form).status_code == 302
     account.refresh_from_db()
     assert account.balance == 10_000 + 250
-    deposits = Payment.objects.filter(account=account, kind=Payment.Kind.DEPOSIT)
-    assert sorted(deposits.values_list("amount", flat=True)) == [250, 10_000]
+    deposits = Payment.objects.filter(account=account, kind=Payment.Kind.DEPOSIT).order_by("pk")
+    assert [(p.amount, p.actor and p.actor.username) for p in deposits] == [
+        (10_000, None),  # the fixture's, by a script
+        (250, "boss"),
+    ]
     assert selectors.account_get_cached(account_id=account.pk)["balance"] == 10_250
     refused = staff_client.post(url, {**form, "deposit": -5, "deposit_key": "other"})
     assert refused.status_code == 200  # the form again, with its error; nothing written
@@ -137,6 +141,106 @@ def test_cancel_and_refund_in_the_admin_goes_through_the_service_once(
     assert Order.objects.get(pk=order_id).status == Order.Status.CANCELLED
     assert (account.balance, product.stock) == (10_000, 20)
     assert Payment.objects.filter(order_id=order_id, kind=Payment.Kind.REFUND).count() == 1
+
+
+def staff_with(username: str, *codenames: str) -> Client:
+    user = get_user_model().objects.create_user(username, f"{username}@example.invalid", "pw")
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_staff_who_may_only_view_orders_cannot_cancel_and_refund(account, product, cache_redis):
+    """Finding 4: the action had no permissions=, so view_order was enough to refund."""
+    order_id = place(account, "mug", 4).body["id"]
+    viewer = staff_with("viewer", "view_order")
+    listing = viewer.get("/admin/orders/order/")
+    assert listing.status_code == 200 and f"/admin/orders/order/{order_id}/change/" in listing.text
+    assert 'value="cancel_and_refund"' not in listing.text
+    # Posted by hand all the same: Django finds no such action for this user.
+    action = {"action": "cancel_and_refund", "_selected_action": [order_id]}
+    viewer.post("/admin/orders/order/", action)
+    account.refresh_from_db()
+    assert Order.objects.get(pk=order_id).status == Order.Status.PLACED
+    assert account.balance == 10_000 - 1_200
+    assert not Payment.objects.filter(kind=Payment.Kind.REFUND).exists()
+
+    clerk = staff_with("clerk", "view_order", "change_order")
+    assert 'value="cancel_and_refund"' in clerk.get("/admin/orders/order/").text
+    assert clerk.post("/admin/orders/order/", action).status_code == 302
+    assert Order.objects.get(pk=order_id).status == Order.Status.CANCELLED
+    refund = Payment.objects.get(kind=Payment.Kind.REFUND)
+    assert (refund.amount, refund.actor.username) == (1_200, "clerk")
+
+
+def test_a_customer_cannot_pre_empt_the_admin_cancel_key(account, product, staff_client):
+    """Finding 4: the admin's key admin-cancel:<id> was in the customer's scope, so a customer
+    who used it first (here, for another order) made the action fail with a 500."""
+    order_id = place(account, "mug", 1).body["id"]
+    pre_empt = services.order_place(
+        account_id=account.pk,
+        lines=[{"sku": "mug", "qty": 1}],
+        idempotency_key=f"admin-cancel:{order_id}",
+        actor=account.owner,  # what alice's POST /api/orders with that key does
+    )
+    assert pre_empt.status == 201
+    action = {"action": "cancel_and_refund", "_selected_action": [order_id]}
+    done = staff_client.post("/admin/orders/order/", action, follow=True)
+    assert done.status_code == 200 and "1 cancelled and refunded; 0 already" in done.text
+    assert Order.objects.get(pk=order_id).status == Order.Status.CANCELLED
+    assert Order.objects.get(pk=pre_empt.body["id"]).status == Order.Status.PLACED
+
+
+def test_an_idempotency_conflict_in_the_admin_action_is_reported_per_order_not_a_500(
+    account, product, staff_client
+):
+    first, second = (place(account, "mug", 1).body["id"] for _ in range(2))
+    boss = get_user_model().objects.get(username="boss")
+    # The staff key already answered another request (what the old scope let a customer do).
+    IdempotencyRecord.objects.create(
+        scope=f"staff:{boss.pk}:account:{account.pk}",
+        key=f"admin-cancel:{first}",
+        fingerprint="0" * 64,
+        status_code=201,
+        response={},
+    )
+    action = {"action": "cancel_and_refund", "_selected_action": [first, second]}
+    done = staff_client.post("/admin/orders/order/", action, follow=True)
+    assert done.status_code == 200
+    assert f"Order {first} was not cancelled: this Idempotency-Key was already used" in done.text
+    assert "1 cancelled and refunded; 0 already cancelled." in done.text
+    statuses = dict(Order.objects.values_list("pk", "status"))
+    assert (statuses[first], statuses[second]) == ("placed", "cancelled")
+
+
+def test_staff_without_the_deposit_permission_get_no_deposit_field(account, alice, cache_redis):
+    """Changing an account (its name, its owner) is not crediting it: a deposit posted by hand
+    by staff without orders.deposit is ignored."""
+    clerk = staff_with("clerk", "view_account", "change_account")
+    url = f"/admin/orders/account/{account.pk}/change/"
+    assert 'name="deposit"' not in clerk.get(url).text
+    form = {
+        "owner": alice.pk,
+        "name": "renamed",
+        "deposit": 1_000_000,
+        "deposit_key": "by-hand",
+        "payments-TOTAL_FORMS": 0,
+        "payments-INITIAL_FORMS": 0,
+    }
+    assert clerk.post(url, form).status_code == 302
+    account.refresh_from_db()
+    assert (account.name, account.balance) == ("renamed", 10_000)
+    assert Payment.objects.filter(account=account).count() == 1
+
+    cashier = staff_with("cashier", "view_account", "change_account", "deposit")
+    assert 'name="deposit"' in cashier.get(url).text
+    assert cashier.post(url, {**form, "deposit_key": "cashier"}).status_code == 302
+    account.refresh_from_db()
+    assert account.balance == 10_000 + 1_000_000
+    assert Payment.objects.filter(account=account).last().actor.username == "cashier"
 
 
 def test_the_admin_offers_no_delete_for_ledger_counter_products_or_accounts(
