@@ -15,11 +15,14 @@ COPY requirements/runtime.txt requirements/runtime.txt
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/runtime.txt
 COPY . .
 # The code and the static files belong to root: the runtime user can read them, not change them.
-# It writes only under /tmp (the metrics of its processes, beat's schedule).
+# It writes only under /tmp (the metrics of its processes, beat's schedule): compose mounts a
+# tmpfs there and the rest of the container read-only.
 RUN DJANGO_SETTINGS_MODULE=project.settings.base DJANGO_SECRET_KEY=build-only \
     python manage.py collectstatic --noinput --verbosity 0 \
     && python -m compileall -q /app \
     && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 USER app
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
-EXPOSE 8000 5555 9808
+# gunicorn and Flower. Not the workers' metrics (WORKER_METRICS_PORT): they are for a Prometheus
+# on the internal network only, with METRICS_TOKEN (tasks/metrics.py).
+EXPOSE 8000 5555
