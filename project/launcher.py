@@ -208,17 +208,17 @@ class Launcher:
                 raise RuntimeError(f"{name} exited with status {child.returncode}")
 
     def banner(self) -> None:
+        # No password on the screen (a terminal is scrolled back, shared, recorded): the file
+        # holds them, readable by this user only.
         host = self.bind_host
+        credentials = self.state / "credentials.env"
         self.say("")
         self.say(f"site      http://{host}:{self.web_port}/")
         self.say(
-            f"admin     http://{host}:{self.web_port}/admin/  user "
-            f"{self.env['DJANGO_ADMIN_USER']}  password {self.env['DJANGO_ADMIN_PASSWORD']}"
+            f"admin     http://{host}:{self.web_port}/admin/  user {self.env['DJANGO_ADMIN_USER']}"
         )
-        self.say(
-            f"flower    http://{host}:{self.flower_port}/  user:password "
-            f"{self.env['FLOWER_BASIC_AUTH']}"
-        )
+        self.say(f"flower    http://{host}:{self.flower_port}/")
+        self.say(f"passwords {credentials} (the admin's first password; Flower's user:password)")
         self.say(f"health    http://{host}:{self.web_port}/healthz")
         self.say("manage.py and celery -A project in another terminal use these servers")
         self.say("Ctrl-C stops everything.")

@@ -8,8 +8,15 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .env import BASE_DIR, env
 
-SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-development-key-change-me")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# This key is public (it is written here): whoever knows it can forge what Django signs. So it is
+# used only where a process says it is development (DJANGO_DEBUG, DJANGO_DEVELOPMENT, the test
+# settings). Anywhere else, without DJANGO_SECRET_KEY the key stays empty: Django refuses whatever
+# would be signed with it, and the web refuses to start (project/wsgi.py). Workers, beat, the
+# relay and Flower sign nothing, so they run without the secret (docker-compose.yml).
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-change-me"  # noqa: S105  (public on purpose)
+DEVELOPMENT = DEBUG or env.bool("DJANGO_DEVELOPMENT", default=False)
+SECRET_KEY = env("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY if DEVELOPMENT else "")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 
 INSTALLED_APPS = [
@@ -23,7 +30,8 @@ INSTALLED_APPS = [
     "tasks",
     "counters",
     "orders",
-    "project",  # the site: its management commands (seed_demo)
+    # The site: its management commands (seed_demo) and system checks.
+    "project.checks.ProjectConfig",
 ]
 
 MIDDLEWARE = [
@@ -88,6 +96,9 @@ CACHES = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "OPTIONS": {
+            # JSON, not django-redis's default pickle: whoever can write to the cache Redis could
+            # otherwise run code in every web process that reads a planted value (a session copy).
+            "SERIALIZER": "django_redis.serializers.json.JSONSerializer",
             "SOCKET_CONNECT_TIMEOUT": 2,
             "SOCKET_TIMEOUT": 2,
             # An idle pooled connection to a cache behind a dead network is found out by the

@@ -4,11 +4,15 @@ from .base import *  # noqa: F403
 from .base import LOGGING, env
 from .counters import rate_limit_parse
 
-SECRET_KEY = env("DJANGO_SECRET_KEY")  # no default: refuse to start without a real secret
+# Never the development key, whatever DJANGO_DEVELOPMENT says. Without the variable the key is
+# empty: the web refuses to start (project/wsgi.py); the processes that sign nothing run.
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
 DEBUG = False
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HTTPS is what gunicorn says it is (wsgi.url_scheme): it believes the proxy's X-Forwarded-Proto
+# only from the addresses in its forwarded_allow_ips (FORWARDED_ALLOW_IPS in docker-compose.yml).
+# Django's SECURE_PROXY_SSL_HEADER would believe that header from any peer, so it is left unset.
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True

@@ -3,7 +3,10 @@
 from urllib.parse import urlsplit
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import DEVELOPMENT_SECRET_KEY, env
+
+# The tests are development: they may sign with the public key (base.py keeps it to development).
+SECRET_KEY = env("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY)
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {

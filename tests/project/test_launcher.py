@@ -132,7 +132,11 @@ def test_make_run_without_urls_starts_embedded_servers_and_ctrl_c_leaves_nothing
         assert http_status(flower) == 401
         assert http_status(flower, auth="flower:wrong") == 401
         assert http_status(flower, auth=f"{creds['FLOWER_USER']}:{creds['FLOWER_PASSWORD']}") == 200
-        assert creds["DJANGO_ADMIN_PASSWORD"] in out  # printed for the user
+        # Issue 26 (11): no password on the screen, the file that holds them instead.
+        for secret in ("DJANGO_ADMIN_PASSWORD", "FLOWER_PASSWORD", "DJANGO_SECRET_KEY"):
+            assert creds[secret] not in out, secret
+        assert f"passwords {launched.state / 'credentials.env'} " in out
+        assert (launched.state / "credentials.env").stat().st_mode & 0o777 == 0o600
 
         # Another terminal of the checkout, nothing exported: the CLIs find the running system.
         ping = launched.cli("-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "10")

@@ -1,11 +1,15 @@
 """Health, the operations page and its JSON, and the metrics endpoint."""
 
+import time
+
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
 from counters import services
+from project import devservers, views
 from tasks.models import DeadLetter
 
 from ..helpers import delta_dead_letter, publishing_to, read_queue
@@ -21,20 +25,84 @@ def staff(transactional_db, cache_redis):
     return client
 
 
-def test_healthz_answers_200_when_everything_answers(broker_url, cache_redis):
-    with publishing_to(broker_url):
-        response = Client().get("/healthz")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+@pytest.fixture
+def fresh_health():
+    """Each test's /healthz probes its own servers: the last round is forgotten before and after
+    (a round is reused for HEALTH_CACHE_S, on purpose)."""
+    views.HEALTH.forget()
+    yield views.HEALTH
+    views.HEALTH.forget()
 
 
-def test_healthz_names_what_failed(settings, cache_redis):
+@pytest.fixture
+def dead_cache_and_broker(settings):
     dead_cache = {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
     settings.CACHES = {**settings.CACHES, "default": dead_cache}
     with publishing_to("amqp://guest:guest@127.0.0.1:1//"):
+        yield
+
+
+def test_healthz_answers_200_when_everything_answers(broker_url, cache_redis, fresh_health):
+    with publishing_to(broker_url):
         response = Client().get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_healthz_tells_anyone_what_failed_and_only_staff_why(
+    staff, settings, fresh_health, dead_cache_and_broker
+):
+    """Issue 26 (9): the exception texts name hosts and users; anonymous callers get the
+    component names only, staff and the metrics token the texts too."""
+    response = Client().get("/healthz")
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "failing" and set(body["failed"]) == {"cache", "broker"}
+    assert response.json() == {"status": "failing", "failed": ["broker", "cache"]}
+    assert "127.0.0.1" not in response.content.decode()
+
+    detailed = staff.get("/healthz").json()
+    assert detailed["failed"] == ["broker", "cache"]
+    assert set(detailed["errors"]) == {"broker", "cache"}
+    assert "Error" in detailed["errors"]["cache"]
+    settings.METRICS_TOKEN = "scrape-me"
+    scraper = Client(HTTP_AUTHORIZATION="Bearer scrape-me").get("/healthz").json()
+    assert set(scraper["errors"]) == {"broker", "cache"}
+    wrong = Client(HTTP_AUTHORIZATION="Bearer scrape-you").get("/healthz").json()
+    assert "errors" not in wrong
+
+
+def test_healthz_probes_once_per_window_whatever_the_requests(tmp_path, cache_redis, fresh_health):
+    """Issue 26 (9): each request used to open a broker connection of its own. Counted by a Redis
+    broker of this test's own (nobody else connects to it): a burst of requests costs one probe,
+    and the answer is the window's, until the window ends."""
+    server = devservers.start_redis(root=tmp_path, role="broker")
+    try:
+        broker = redis.Redis.from_url(server.url)
+
+        def connections() -> int:
+            return broker.info("stats")["total_connections_received"]
+
+        with publishing_to(server.url):
+            before = connections()
+            answers = [Client().get("/healthz").status_code for _ in range(30)]
+            assert answers == [200] * 30
+            assert connections() - before == 1
+            server.stop()  # the broker goes away within the window: not probed again yet
+            assert Client().get("/healthz").status_code == 200
+            fresh_health.forget()  # the window is over
+            failing = Client().get("/healthz")
+            assert failing.status_code == 503 and failing.json()["failed"] == ["broker"]
+    finally:
+        server.stop()
+
+
+def test_the_probes_answer_is_kept_for_its_window_only(cache_redis, fresh_health, settings):
+    settings.METRICS_TOKEN = ""
+    short = views.ProbeResults(window_s=0.5)
+    assert short.failures() == {} and short.failures() == {}
+    taken = short._taken_at
+    time.sleep(0.6)
+    short.failures()
+    assert short._taken_at > taken  # probed again after the window
 
 
 def test_ops_page_and_status_need_staff(staff, transactional_db):
@@ -63,6 +131,21 @@ def test_ops_status_reports_queues_pending_and_cache(staff, broker_url, cache_re
         "oldest_age_s": None,
         "relays_alive": [],
     }
+
+
+def test_metrics_refuse_a_wrong_an_empty_or_a_non_ascii_token(cache_redis, settings):
+    """Issue 26 (10): the token is compared in constant time (hmac.compare_digest, as bytes, so
+    a non-ASCII header is a wrong token, not a 500); an unset token lets no bearer in."""
+    settings.METRICS_TOKEN = ""
+    assert Client(HTTP_AUTHORIZATION="Bearer ").get("/metrics").status_code == 401
+    settings.METRICS_TOKEN = "scrape-me"
+    for given in ("Bearer scrape-m", "Bearer scrape-mee", "scrape-me", "Bearer scrape-m\u00e9"):
+        response = Client(HTTP_AUTHORIZATION=given).get("/metrics")
+        assert (response.status_code, response.json()) == (
+            401,
+            {"error": "authentication required"},
+        ), given
+    assert Client(HTTP_AUTHORIZATION="Bearer scrape-me").get("/metrics").status_code == 200
 
 
 def test_metrics_need_authentication_and_count_increments(staff, broker_url, cache_redis, settings):

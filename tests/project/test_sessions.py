@@ -69,3 +69,39 @@ def test_a_logout_made_during_a_cache_outage_is_not_undone_after_the_copy_expire
         interval=0.5,
         what="the stale copy to expire",
     )
+
+
+class _OpensAFile:
+    """What an attacker with write access to the cache Redis would plant: unpickling it runs
+    code (here: it creates a file)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_planted_in_the_cache_is_never_unpickled(cache_redis, tmp_path, client):
+    """Issue 26 (8): the cache used django-redis's pickle serializer, so a value written into the
+    cache Redis was code run by the web at the next read of that key. Copies are JSON now: the
+    planted value is refused (the session is read from PostgreSQL) and nothing runs."""
+    import json
+    import pickle
+
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user("staffer", password="pw", is_staff=True)
+    client.force_login(user)
+    session_key = client.cookies["sessionid"].value
+    cache_key = f":1:{SessionStore(session_key=session_key).cache_key}"
+    # The legitimate copy is JSON.
+    assert json.loads(cache_redis.get(cache_key))["_auth_user_id"] == str(user.pk)
+
+    marker = tmp_path / "code-ran"
+    cache_redis.set(cache_key, pickle.dumps(_OpensAFile(marker)), ex=30)
+    response = client.get("/ops/")  # staff only: the session still signs the user in
+    assert not marker.exists()
+    assert response.status_code == 200
+    # The planted value was replaced by the copy read from PostgreSQL.
+    assert json.loads(cache_redis.get(cache_key))["_auth_user_id"] == str(user.pk)

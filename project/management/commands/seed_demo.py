@@ -33,25 +33,34 @@ DEMO_PRODUCTS = [
 class Command(BaseCommand):
     help = "Create the demo data and the admin user (idempotent; run by `make run`)."
 
+    def _admin(self):
+        """The admin user, created once. An admin that exists is never changed: this runs at
+        every `make run` and every `compose up`, and a password rotated, or an admin disabled or
+        demoted since, must stay so (the password in the environment is the first one only)."""
+        username = settings.DJANGO_ADMIN_USER
+        user = get_user_model().objects.filter(username=username).first()
+        if user is not None:
+            self.stdout.write(f"admin user {username!r} exists; left unchanged")
+            return user
+        password = settings.DJANGO_ADMIN_PASSWORD
+        if not password:
+            raise CommandError(
+                f"admin user {username!r} does not exist and DJANGO_ADMIN_PASSWORD is not set "
+                "(`make run` generates one)."
+            )
+        user = get_user_model().objects.create_superuser(username=username, password=password)
+        self.stdout.write(f"admin user {username!r} created")
+        return user
+
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--admin-only",
             action="store_true",
-            help="Only create or update the admin user (production: no demo articles or products).",
+            help="Only create the admin user if absent (production: no demo articles or products).",
         )
 
     def handle(self, *args, **options) -> None:
-        username = settings.DJANGO_ADMIN_USER
-        password = settings.DJANGO_ADMIN_PASSWORD
-        if not password:
-            raise CommandError("DJANGO_ADMIN_PASSWORD is not set; `make run` generates one.")
-        user, created = get_user_model().objects.get_or_create(
-            username=username, defaults={"is_staff": True, "is_superuser": True}
-        )
-        user.is_staff = user.is_superuser = True
-        user.set_password(password)
-        user.save()
-        self.stdout.write(f"admin user {username!r} {'created' if created else 'updated'}")
+        user = self._admin()
         if options["admin_only"]:
             return
         for slug, title, body in DEMO_ARTICLES:
