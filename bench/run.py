@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import statistics
@@ -949,6 +950,8 @@ def main() -> int:
     from project import devservers
 
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.base"
+    # Outside development the base settings have no secret key: the bench's own, for its run.
+    os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
     # Production-like logging: INFO would add a line per request in the web and the worker.
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     amqp = os.environ.get("BENCH_AMQP_URL", DEFAULT_AMQP)
