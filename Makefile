@@ -64,3 +64,16 @@ format: $(STAMP)
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache
+
+## The image from the Dockerfile (docker/base/build-image.sh), with this machine's pip settings
+## as BuildKit secrets. BASE_IMAGE defaults to a base made here from Debian's packages
+## (docker/base/make-base-image.sh, made when missing); where a registry is reachable:
+## `make image BASE_IMAGE=python:3.11-slim MAKE_BASE=0`.
+.PHONY: image test-containers
+image:
+	docker/base/build-image.sh
+
+## The image's services as docker-compose.yml runs them, against this machine's servers
+## (tests/containers; needs a Docker engine).
+test-containers: $(STAMP) image
+	CONTAINER_TESTS=1 $(BIN)/python -m pytest tests/containers -p no:cacheprovider $(PYTEST_ARGS)
