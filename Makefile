@@ -71,6 +71,7 @@ clean:
 ## `make image BASE_IMAGE=python:3.11-slim MAKE_BASE=0`.
 .PHONY: image test-containers
 image:
+	docker/base/engine.sh
 	docker/base/build-image.sh
 
 ## The image's services as docker-compose.yml runs them, against this machine's servers
