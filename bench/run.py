@@ -24,6 +24,7 @@ http|apply|reads|lag` runs a part and only prints its table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -178,11 +179,18 @@ def pg_commits() -> int:
         return cursor.fetchone()[0]
 
 
-def wrk(url: str, seconds: int, connections: int = 32) -> dict:
+# The service path (counters/access.py): no object lookup, no rate limit; beside "ours" (the
+# anonymous beacon, same web) it shows what the beacon's checks cost.
+BENCH_SERVICE_TOKEN = secrets.token_urlsafe(32)
+CASE_HEADERS = {"ours_service_token": [f"Authorization: Bearer {BENCH_SERVICE_TOKEN}"]}
+
+
+def wrk(url: str, seconds: int, connections: int = 32, headers: list[str] = ()) -> dict:
     script = BASE_DIR / "bench" / "post.lua"
     run = subprocess.run(
         [
             "wrk",
+            *(arg for header in headers for arg in ("-H", header)),
             "-t",
             "4",
             "-c",
@@ -289,7 +297,10 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     # writes its envelope-size histogram where this process can read it after the run.
     metrics_dir = tmp / "metrics-web"
     metrics_dir.mkdir(exist_ok=True)
-    web, base = gunicorn("web", {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    digest = hashlib.sha256(BENCH_SERVICE_TOKEN.encode()).hexdigest()
+    web, base = gunicorn(
+        "web", {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "COUNTER_SERVICE_TOKENS": digest}
+    )
     web_single, base_single = gunicorn("web-one-message-per-delta", {"COUNTER_ENVELOPES": "false"})
     web_envelope_bump, base_envelope_bump = gunicorn(
         "web-envelope-bump", {"COUNTER_ENVELOPE_BUMP": "true"}
@@ -311,6 +322,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     wait_ready(tmp / "lossy-flusher.log", "lossy flusher ready")
     cases = {
         "ours": f"{base}/api/counters/article_views:hot/incr",
+        "ours_service_token": f"{base}/api/counters/article_views:hot/incr",
         "ours_one_message_per_delta": f"{base_single}/api/counters/article_views:hot/incr",
         "ours_envelope_bump": f"{base_envelope_bump}/api/counters/article_views:hot/incr",
         "ours_rate_limited": f"{base_limited}/api/counters/article_views:hot/incr",
@@ -322,6 +334,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     # The counted cases by the key they count and the broker that carries it.
     counted = {
         "ours": ("article_views:hot", None),
+        "ours_service_token": ("article_views:hot", None),
         "ours_one_message_per_delta": ("article_views:hot", None),
         "ours_envelope_bump": ("article_views:hot", None),
         "ours_rate_limited": ("article_views:hot", None),
@@ -333,7 +346,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
     try:
         time.sleep(2)
         for name, url in cases.items():  # warm-up
-            warm = wrk(url, 2)
+            warm = wrk(url, 2, headers=CASE_HEADERS.get(name, ()))
             if name == "lossy":
                 ok_lossy += warm["ok"]
         drain_all(redis_broker, timeout=120)
@@ -341,7 +354,7 @@ def http_cases(env: dict, tmp: Path, *, seconds: int, repeats: int, redis_broker
         for repeat in range(repeats):
             for name, url in cases.items():  # interleaved: each repeat runs every case once
                 before, cpu_before = pg_commits(), cpu_seconds()
-                result = wrk(url, seconds)
+                result = wrk(url, seconds, headers=CASE_HEADERS.get(name, ()))
                 cpu_after = cpu_seconds()
                 ok = max(result["ok"], 1)
                 result["pg_commits_per_1000"] = (pg_commits() - before) * 1000 / ok
@@ -708,6 +721,7 @@ def lag(env: dict, tmp: Path, rate: float, seconds: int) -> dict:
 
 HTTP_CASES = (
     "ours",
+    "ours_service_token",
     "ours_envelope_bump",
     "ours_rate_limited",
     "ours_one_message_per_delta",
@@ -736,6 +750,7 @@ def report(results: dict) -> list[str]:
         naive, none, lossy = http["naive"], http["no_counting"], http["lossy"]
         envelope_bump, on_redis = http["ours_envelope_bump"], http["ours_redis_broker"]
         limited = http.get("ours_rate_limited")
+        service = http.get("ours_service_token")
         cpu_ours, cpu_lossy, cpu_redis = (
             sum(c["cpu_ms_per_request"].values()) for c in (ours, lossy, on_redis)
         )
@@ -764,6 +779,16 @@ def report(results: dict) -> list[str]:
                     f"{ratio(limited['rps'], ours['rps'])} | |"
                 ]
                 if limited
+                else []
+            ),
+            *(
+                [
+                    f"| HTTP req/s: the anonymous beacon (checks) vs a service token (none) | "
+                    f"{ours['rps']:.0f} (p99 {ours['p99_ms']} ms) | {service['rps']:.0f} "
+                    f"(p99 {service['p99_ms']} ms) | {ratio(ours['rps'], service['rps'])} | "
+                    f"~1x |"
+                ]
+                if service
                 else []
             ),
             f"| CPU ms per increment (whole box) vs the lossy Redis buffer | {cpu_ours:.2f} | "
@@ -884,6 +909,7 @@ def chart(results: dict, path: Path) -> None:
         "ours_one_message_per_delta": "ours, one\nmessage per\ndelta",
         "ours_envelope_bump": "ours, cache\nbump per\nenvelope",
         "ours_rate_limited": "ours, rate\nlimit\nchecked",
+        "ours_service_token": "ours, service\ntoken (no\nchecks)",
         "ours_redis_broker": "ours on the\nRedis broker",
         "lossy": "lossy\nRedis buffer",
         "naive": "naive\nUPDATE",
