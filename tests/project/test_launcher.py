@@ -157,6 +157,11 @@ def test_make_run_without_urls_starts_embedded_servers_and_ctrl_c_leaves_nothing
         assert gone.returncode == 1, gone.stdout + gone.stderr
         assert gone.stderr.strip().startswith("manage.py: cannot reach ")
         assert "Is `make run` running?" in gone.stderr and "Traceback" not in gone.stderr
+        # Celery's CLI too (issue 27): one line, a non-zero exit, no traceback.
+        idle = launched.cli("-m", "celery", "-A", "project", "inspect", "ping", "--timeout", "2")
+        assert idle.returncode != 0 and "Traceback" not in idle.stderr, idle.stderr
+        assert len(idle.stderr.strip().splitlines()) == 1, idle.stderr
+        assert idle.stderr.startswith("Error: "), idle.stderr
     finally:
         if launched.process.poll() is None:
             launched.kill_all()
