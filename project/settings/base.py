@@ -4,6 +4,8 @@ imported at the end. Every value a user may change comes from the environment th
 object (env.py) and is listed in docs/settings.md; what a user never needs to change is a constant
 in the module that uses it."""
 
+from datetime import timedelta
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .env import BASE_DIR, env
@@ -30,6 +32,7 @@ INSTALLED_APPS = [
     "tasks",
     "counters",
     "orders",
+    "axes",  # sign-in guesses are limited (below: AXES_*)
     # The site: its management commands (seed_demo) and system checks.
     "project.checks.ProjectConfig",
 ]
@@ -43,6 +46,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A sign-in whose attempt cannot be counted (PostgreSQL down) is a clear 503, not a 500.
+    "project.signin.SigninUnavailableMiddleware",
+    # Last, as axes asks: turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -117,6 +124,45 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# --- Sign-in guesses are limited (django-axes; project/signin.py) --------------------------------
+# Axes first: it refuses a locked-out sign-in before any backend checks the password, so a right
+# password during the lockout is refused too (a guesser learns nothing from it).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failures within the cool-off that lock: the 5th wrong password is refused with the lockout page.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# Each failure counts for this long after it; the lockout ends when too few remain.
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+# Two separate counters, either of which locks: per username (all addresses together: a botnet
+# guessing one account gets AXES_FAILURE_LIMIT guesses per cool-off in all, not per address) and
+# per client address (all usernames together: one address spraying passwords over many accounts
+# is stopped after AXES_FAILURE_LIMIT in all). The combination (username AND address) alone would
+# give every address its own guesses at every account. Anyone can lock one known account for a
+# window, the price of a per-username count; what keeps that from locking every user out is
+# AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT below: a locked address adds nothing to any
+# username's count, so locking N accounts takes N addresses per cool-off, not N requests.
+AXES_LOCKOUT_PARAMETERS = [["username"], ["ip_address"]]
+# False: attempts refused during a lockout are not counted. Counted, they would let one locked
+# address go on pushing every username it names over the limit, and would stretch the window
+# for as long as the attacker keeps trying, so the page could not say when to come back.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# False: a successful sign-in does not erase failures. Axes resets everything matching the
+# username OR the address, so an attacker with an account of their own could sign in to it
+# between guesses at someone else's from the same address and never reach the limit.
+AXES_RESET_ON_SUCCESS = False
+# The client's address as the counters' rate limit reads it (COUNTER_CLIENT_IP_HEADER, believed
+# only from COUNTER_TRUSTED_PROXIES): a forged X-Forwarded-For does not buy a fresh counter.
+AXES_CLIENT_IP_CALLABLE = "project.signin.client_address"
+# A page that says when to come back, with 429 and Retry-After.
+AXES_LOCKOUT_CALLABLE = "project.signin.lockout_response"
+# Successful sign-ins are not logged by axes: a table growing with every sign-in that nothing
+# prunes. Failures (AccessAttempt) are what the admin shows and clears.
+AXES_DISABLE_ACCESS_LOG = True
+# No "AXES: BEGIN version ..." line at the start of every process (workers, manage.py, beat).
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
