@@ -1,8 +1,17 @@
-"""The built image, run as docker-compose.yml runs it: each service's command, environment and
-hardening (read-only, a tmpfs /tmp, no capabilities, no-new-privileges, the image's app user),
-read from the compose file, against this machine's PostgreSQL, Redis and RabbitMQ. The
-containers share the host's network (``--network host``): they reach the servers on 127.0.0.1,
-and the web listens on 127.0.0.1 only; nothing leaves the machine.
+"""The built image, run as docker-compose.yml runs it: every app service (migrate, web, worker,
+counters worker, outbox relay, beat, Flower) with its command, environment, hardening (read-only,
+a tmpfs /tmp, no capabilities, no-new-privileges, the image's app user), restart policy and
+health check, read from the compose file, against this machine's PostgreSQL, Redis and RabbitMQ.
+The containers share the host's network (``--network host``): they reach the servers on
+127.0.0.1, and what listens (gunicorn, Flower, the workers' metrics) listens on a free port of
+the host (127.0.0.1 where the command names an address); nothing leaves the machine. Each run has
+its own database, Redis database and vhost, removed at the end with the containers.
+
+What differs from compose, and why: the servers' URLs (this machine's, not compose's service
+names); ports (8000, 5555, 9808 would be the host's: free ones, in the commands and the health
+checks alike); health checks probe at most every CONTAINER_HEALTH_INTERVAL (10 s; ``compose`` for
+the file's own intervals, up to beat's 60 s); mail goes to files in a bind-mounted directory
+(EMAIL_URL=filemail://, as a user may set it). docs/image.md says what is covered and not.
 
 Skipped unless CONTAINER_TESTS=1: ``make test-containers`` builds the image (``make image``)
 and runs this. CONTAINER_IMAGE names another image; DOCKER another client.
@@ -10,17 +19,22 @@ and runs this. CONTAINER_IMAGE names another image; DOCKER another client.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
 import secrets
+import shlex
+import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -42,6 +56,11 @@ RABBITMQ_API = "http://127.0.0.1:15672"
 RABBITMQ_USER = ("guest", "guest")
 # As the compose file's health check asks: a Host the site allows, the HTTPS a proxy ended.
 HEADERS = {"Host": "localhost", "X-Forwarded-Proto": "https"}
+# The longest a health check waits between probes here ("compose": the file's own intervals).
+HEALTH_INTERVAL = os.environ.get("CONTAINER_HEALTH_INTERVAL", "10s")
+# The app services docker-compose.yml runs from the image (migrate runs once, before them).
+SERVICES = ("web", "worker", "counters-worker", "outbox-relay", "beat", "flower")
+MAIL_DIR = "/mail"  # in the worker: a directory of the host, bind-mounted
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, env: dict | None = None):
@@ -76,6 +95,29 @@ def _interpolate(value: str, variables: dict[str, str]) -> str:
     return re.sub(pattern, one, str(value)).replace("$$", "$")
 
 
+def _seconds(duration: str) -> float:
+    """Compose's durations as its health checks use them: ``1m30s``, ``10s``, ``500ms``."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(duration))
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def _replace(text: str, replacements: dict[str, str], what: str) -> str:
+    """Each ``old`` replaced by its ``new``; an ``old`` not found fails (the compose file
+    changed: the test must not silently probe another port than the service listens on)."""
+    for old, new in replacements.items():
+        assert old in text, f"{what}: {old!r} not found in {text!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def _replace_any(text: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return text
+
+
 class Compose:
     """docker-compose.yml, read as compose reads it (merge keys, interpolation)."""
 
@@ -105,6 +147,41 @@ class Compose:
         args += [f"--security-opt={opt}" for opt in spec.get("security_opt", [])]
         return args
 
+    def healthcheck(self, name: str, replacements: dict[str, str]) -> list[str]:
+        """The service's health check as `docker run` options: its test (CMD as a shell line
+        of the same words, CMD-SHELL as it is), timeout, retries and start period; its interval
+        at most HEALTH_INTERVAL. ``replacements``: the ports this run moved."""
+        check = self.service(name).get("healthcheck")
+        if not check:
+            return []
+        kind, *test = [_interpolate(part, self.variables) for part in check["test"]]
+        assert kind in ("CMD", "CMD-SHELL"), f"{name}: health check {kind} not understood"
+        # The ports this run moved, in the words themselves (before any shell quoting).
+        joined = "\n".join(test)
+        for old in replacements:
+            assert old in joined, f"{name}'s health check: no {old!r} in {test}"
+        test = [_replace_any(word, replacements) for word in test]
+        command = shlex.join(test) if kind == "CMD" else test[0]
+        interval = _seconds(check.get("interval", "30s"))
+        if HEALTH_INTERVAL != "compose":
+            interval = min(interval, _seconds(HEALTH_INTERVAL))
+        return [
+            f"--health-cmd={command}",
+            f"--health-interval={interval:g}s",
+            f"--health-timeout={check.get('timeout', '30s')}",
+            f"--health-retries={check.get('retries', 3)}",
+            f"--health-start-period={check.get('start_period', '0s')}",
+        ]
+
+
+@dataclass
+class Service:
+    name: str  # the compose file's
+    container: str
+    port: int | None = None  # where it listens on the host, if it serves anything
+    metrics_port: int | None = None  # a worker's WORKER_METRICS_PORT
+    extra: dict = field(default_factory=dict)
+
 
 class Stack:
     """Containers of one test run, named after it, removed at the end (logs kept on failure)."""
@@ -113,6 +190,7 @@ class Stack:
         self.compose = compose
         self.run_id = run_id
         self.names: list[str] = []
+        self.services: dict[str, Service] = {}
 
     def _args(self, service: str, env: dict[str, str]) -> list[str]:
         return [
@@ -121,35 +199,53 @@ class Stack:
             *(f"--env={key}" for key in env),  # values from the client's environment
         ]
 
-    def run_once(self, service: str, extra_env: dict | None = None, timeout: float = 180):
+    def run_once(
+        self,
+        service: str,
+        command: list[str] | None = None,
+        extra_env: dict | None = None,
+        timeout: float = 180,
+    ):
         env = {**self.compose.environment(service), **(extra_env or {})}
         return docker(
             "run",
             "--rm",
             *self._args(service, env),
             IMAGE,
-            *self.compose.command(service),
+            *(command or self.compose.command(service)),
             timeout=timeout,
             check=False,
             env={**os.environ, **env},
         )
 
-    def start(self, service: str, command: list[str], extra_env: dict | None = None) -> str:
+    def start(
+        self,
+        service: str,
+        command: list[str],
+        extra_env: dict | None = None,
+        extra_args: tuple[str, ...] = (),
+        replacements: dict[str, str] | None = None,
+    ) -> str:
         env = {**self.compose.environment(service), **(extra_env or {})}
         name = f"fcso-test-{self.run_id}-{service}"
         restart = self.compose.service(service).get("restart", "no")
+        self.names.append(name)  # before the run: a half-made container is removed too
         docker(
             "run",
             "--detach",
             f"--name={name}",
             f"--restart={restart}",
             *self._args(service, env),
+            *self.compose.healthcheck(service, replacements or {}),
+            *extra_args,
             IMAGE,
             *command,
             env={**os.environ, **env},
         )
-        self.names.append(name)
         return name
+
+    def inspect(self, name: str) -> dict:
+        return json.loads(docker("inspect", name).stdout)[0]
 
     def logs(self) -> str:
         parts = []
@@ -163,12 +259,19 @@ class Stack:
             docker("rm", "--force", name, check=False, timeout=60)
 
 
-def http(method: str, url: str, *, headers: dict | None = None, body: bytes | None = None):
+def http(
+    method: str,
+    url: str,
+    *,
+    headers: dict | None = None,
+    body: bytes | None = None,
+    timeout: float = 10,
+):
     request = urllib.request.Request(url, data=body, method=method)
     for key, value in {**HEADERS, **(headers or {})}.items():
         request.add_header(key, value)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -234,8 +337,6 @@ def _rabbitmq(method: str, path: str, body: dict | None = None) -> None:
         headers={"content-type": "application/json"},
     )
     token = ":".join(RABBITMQ_USER).encode()
-    import base64
-
     request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
     urllib.request.urlopen(request, timeout=10).close()
 
@@ -244,13 +345,15 @@ def _rabbitmq(method: str, path: str, body: dict | None = None) -> None:
 def broker_url(run_id):
     vhost = f"containers-{run_id}"
     _rabbitmq("PUT", f"vhosts/{quote(vhost, safe='')}")
-    _rabbitmq(
-        "PUT",
-        f"permissions/{quote(vhost, safe='')}/{RABBITMQ_USER[0]}",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
-    yield f"amqp://{':'.join(RABBITMQ_USER)}@{AMQP_HOST}/{quote(vhost, safe='')}"
-    _rabbitmq("DELETE", f"vhosts/{quote(vhost, safe='')}")
+    try:
+        _rabbitmq(
+            "PUT",
+            f"permissions/{quote(vhost, safe='')}/{RABBITMQ_USER[0]}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        yield f"amqp://{':'.join(RABBITMQ_USER)}@{AMQP_HOST}/{quote(vhost, safe='')}"
+    finally:
+        _rabbitmq("DELETE", f"vhosts/{quote(vhost, safe='')}")
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +363,17 @@ def secrets_():
         "service_token": service_token,
         "metrics_token": secrets.token_urlsafe(24),
         "service_digest": hashlib.sha256(service_token.encode()).hexdigest(),
+        "flower_auth": "admin:" + secrets.token_urlsafe(12),
     }
+
+
+@pytest.fixture(scope="module")
+def mail_dir(tmp_path_factory, image):
+    """A directory of the host the worker writes its mail to, as the image's app user."""
+    path = tmp_path_factory.mktemp("mail")
+    uid = docker("run", "--rm", "--network=none", "--entrypoint=id", image, "-u").stdout
+    os.chown(path, int(uid), -1)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +388,10 @@ def compose(database_url, redis_url, broker_url, secrets_):
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
             "METRICS_TOKEN": secrets_["metrics_token"],
             "COUNTER_SERVICE_TOKENS": secrets_["service_digest"],
-            "FLOWER_BASIC_AUTH": "admin:" + secrets.token_urlsafe(12),
+            "FLOWER_BASIC_AUTH": secrets_["flower_auth"],
             "DJANGO_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+            # The mail as files (Django's file backend), where the test can read them.
+            "EMAIL_URL": f"filemail:///{MAIL_DIR}",
         },
         overrides={
             "DATABASE_URL": database_url,
@@ -288,36 +403,79 @@ def compose(database_url, redis_url, broker_url, secrets_):
 
 
 @pytest.fixture(scope="module")
-def stack(image, compose, run_id, request):
+def stack(image, compose, run_id, mail_dir, request):
+    """migrate once, then every app service of the compose file, started together (their
+    health checks run meanwhile); the web answering /healthz before the first test."""
     stack = Stack(compose, run_id)
-    migrated = stack.run_once("migrate")
-    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    yield stack
-    if request.session.testsfailed:
-        print(stack.logs())
-    stack.remove()
+    try:
+        migrated = stack.run_once("migrate")
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        _start_services(stack, mail_dir)
+        web = stack.services["web"]
+        wait_for(
+            "web /healthz 200",
+            lambda: http("GET", f"http://127.0.0.1:{web.port}/healthz")[0] == 200,
+        )
+        yield stack
+    finally:
+        if request.session.testsfailed:
+            print(stack.logs())
+        stack.remove()
+
+
+def _start_services(stack: Stack, mail_dir: Path) -> None:
+    compose = stack.compose
+
+    # gunicorn on the host's loopback, a free port (compose: 0.0.0.0:8000 in its network).
+    port = free_port()
+    command = compose.command("web")
+    command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
+    name = stack.start("web", command, replacements={"127.0.0.1:8000": f"127.0.0.1:{port}"})
+    stack.services["web"] = Service("web", name, port=port)
+
+    # The workers: their metrics on free ports (9808 would be the host's, and both want it).
+    for service in ("worker", "counters-worker"):
+        metrics_port = free_port()
+        extra_args = ()
+        if service == "worker":  # it sends the mail: to files in the host's directory
+            extra_args = (f"--volume={mail_dir}:{MAIL_DIR}",)
+        name = stack.start(
+            service,
+            compose.command(service),
+            extra_env={"WORKER_METRICS_PORT": str(metrics_port)},
+            extra_args=extra_args,
+        )
+        stack.services[service] = Service(service, name, metrics_port=metrics_port)
+
+    for service in ("outbox-relay", "beat"):
+        name = stack.start(service, compose.command(service))
+        stack.services[service] = Service(service, name)
+
+    # Flower on the host's loopback, a free port (compose publishes 127.0.0.1:5555).
+    port = free_port()
+    command = compose.command("flower")
+    for old, new in {
+        "--address=0.0.0.0": "--address=127.0.0.1",
+        "--port=5555": f"--port={port}",
+    }.items():
+        assert old in command, f"flower's command: no {old} in {command}"
+        command[command.index(old)] = new
+    name = stack.start(
+        "flower", command, replacements={"('127.0.0.1', 5555)": f"('127.0.0.1', {port})"}
+    )
+    stack.services["flower"] = Service("flower", name, port=port)
 
 
 @pytest.fixture(scope="module")
 def web(stack):
-    port = free_port()
-    command = stack.compose.command("web")
-    bind = command.index("--bind")
-    command[bind + 1] = f"127.0.0.1:{port}"  # the host's loopback only, a free port
-    stack.start("web", command)
-    base = f"http://127.0.0.1:{port}"
-    wait_for("web /healthz 200", lambda: http("GET", f"{base}/healthz")[0] == 200)
-    return base
+    return f"http://127.0.0.1:{stack.services['web'].port}"
 
 
-@pytest.fixture(scope="module")
-def counters_worker(stack):
-    # The compose file's :9808 would be the host's port here: a free one instead.
-    return stack.start(
-        "counters-worker",
-        stack.compose.command("counters-worker"),
-        extra_env={"WORKER_METRICS_PORT": str(free_port())},
-    )
+def _manage(stack: Stack, *args: str) -> str:
+    """``python manage.py ...`` in a throwaway container of the image, as the web runs."""
+    out = stack.run_once("web", ["python", "manage.py", *args], timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
 
 
 # -- the tests ------------------------------------------------------------------------------
@@ -339,7 +497,7 @@ def test_the_image_carries_none_of_the_build_machines_pip_settings(image):
     assert "BEGIN CERTIFICATE" not in history
 
 
-def test_web_is_healthy_and_an_increment_is_counted_and_applied(web, counters_worker, secrets_):
+def test_web_is_healthy_and_an_increment_is_counted_and_applied(web, secrets_):
     status, body = http("GET", f"{web}/healthz")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
 
@@ -381,7 +539,93 @@ def test_metrics_need_the_token_and_show_the_processes(web, secrets_):
     assert counted and float(counted[1]) >= 1, body.decode()[:2000]
 
 
-def test_the_app_user_cannot_change_the_code(image, stack, web):
+def test_a_workers_metrics_need_the_token_and_show_what_its_pool_applied(web, stack, secrets_):
+    # The deltas are applied in the counters worker's pool processes; its main process serves
+    # their sum on WORKER_METRICS_PORT (compose: 9808), read from PROMETHEUS_MULTIPROC_DIR.
+    key = f"article_views:container-{uuid.uuid4().hex[:8]}"
+    bearer = {"Authorization": f"Bearer {secrets_['service_token']}"}
+    for _ in range(2):
+        assert http("POST", f"{web}/api/counters/{key}/incr", headers=bearer, body=b"")[0] == 200
+    url = f"http://127.0.0.1:{stack.services['counters-worker'].metrics_port}/metrics"
+    token = {"Authorization": f"Bearer {secrets_['metrics_token']}"}
+
+    def scraped():
+        status, body = http("GET", url, headers=token)
+        found = re.search(rb"^deltas_applied_total (\S+)$", body, re.M)
+        return status == 200 and found and float(found[1]) >= 2 and body
+
+    body = wait_for("deltas_applied_total on the counters worker's :9808", scraped, timeout=60)
+    assert b"delta_apply_seconds_bucket" in body
+    assert http("GET", url)[0] == 401
+    assert http("GET", url, headers={"Authorization": "Bearer wrong"})[0] == 401
+    # The orders worker serves its own, with the same token.
+    url = f"http://127.0.0.1:{stack.services['worker'].metrics_port}/metrics"
+    assert http("GET", url)[0] == 401
+    wait_for("the worker's :9808", lambda: http("GET", url, headers=token)[0] == 200, timeout=60)
+
+
+def test_an_order_is_placed_through_the_api_and_its_confirmation_mailed(web, stack, mail_dir):
+    # A customer with a funded account and a product in stock, made in a throwaway container;
+    # an API token from the running web's container, as an operator would make one.
+    tag = uuid.uuid4().hex[:8]
+    made = _manage(
+        stack,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        "from orders.models import Account, Product; "
+        f"user = get_user_model().objects.create_user('buyer-{tag}', 'buyer-{tag}@example.com'); "
+        "account = Account.objects.create(owner=user, name='main', balance=10_000); "
+        f"Product.objects.create(sku='sku-{tag}', name='Mug', price=250, stock=5); "
+        "print(account.pk)",
+    )
+    account_id = int(made.split()[-1])
+    exec_token = docker(
+        "exec", stack.services["web"].container, "python", "manage.py", "api_token", f"buyer-{tag}"
+    )
+    token = exec_token.stdout.strip().splitlines()[-1]
+
+    status, body = http(
+        "POST",
+        f"{web}/api/orders",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"container-{tag}",
+        },
+        body=json.dumps(
+            {"account": account_id, "lines": [{"sku": f"sku-{tag}", "qty": 2}]}
+        ).encode(),
+    )
+    assert status == 201, body
+    order = json.loads(body)
+    assert (order["account"], order["total"], order["status"]) == (account_id, 500, "placed")
+
+    # The outbox relay publishes the follow-up; the worker (queue orders) writes the mail.
+    def mailed():
+        for path in mail_dir.iterdir():
+            text = path.read_text(errors="replace")
+            if f"Subject: Order {order['id']} placed" in text:
+                return text
+        return None
+
+    text = wait_for("the order's confirmation mail in the mail directory", mailed, timeout=60)
+    assert f"To: buyer-{tag}@example.com" in text
+    assert "5.00" in text, text
+
+
+def test_flower_asks_for_its_basic_auth(stack, secrets_):
+    url = f"http://127.0.0.1:{stack.services['flower'].port}/"
+    wait_for("Flower answering", lambda: http("GET", url)[0] == 401, timeout=60)
+    wrong = base64.b64encode(b"admin:wrong").decode()
+    assert http("GET", url, headers={"Authorization": f"Basic {wrong}"})[0] == 401
+    right = base64.b64encode(secrets_["flower_auth"].encode()).decode()
+    status, body = http("GET", url, headers={"Authorization": f"Basic {right}"})
+    assert status == 200, body[:500]
+    assert b"Flower" in body
+
+
+def test_the_app_user_cannot_change_the_code(image, stack):
     # Without compose's read-only root: the files' owners and modes alone keep the code.
     out = docker(
         "run",
@@ -395,13 +639,157 @@ def test_the_app_user_cannot_change_the_code(image, stack, web):
     )
     assert out.stdout.split() == ["app"], out.stdout + out.stderr
     # As compose runs it: only /tmp (a tmpfs) takes writes.
-    web_container = next(name for name in stack.names if name.endswith("-web"))
     out = docker(
         "exec",
-        web_container,
+        stack.services["web"].container,
         "sh",
         "-c",
         "touch /app/new 2>/dev/null && echo app-writable; touch /tmp/new && echo tmp-writable",
         check=False,
     )
     assert out.stdout.split() == ["tmp-writable"], out.stdout + out.stderr
+
+
+def _health(stack: Stack, name: str) -> str:
+    state = stack.inspect(name)["State"]
+    return state.get("Health", {}).get("Status", "none")
+
+
+def test_every_health_check_of_the_compose_file_turns_healthy(stack):
+    with_checks = [s for s in SERVICES if stack.compose.service(s).get("healthcheck")]
+    assert with_checks == list(SERVICES), "a service without a health check: cover it here"
+    longest = max(
+        _seconds(stack.compose.service(s)["healthcheck"].get("interval", "30s")) for s in SERVICES
+    )
+    if HEALTH_INTERVAL != "compose":
+        longest = min(longest, _seconds(HEALTH_INTERVAL))
+    for service in with_checks:
+        name = stack.services[service].container
+        wait_for(
+            f"{service}'s health check healthy",
+            lambda name=name: _health(stack, name) == "healthy",
+            timeout=longest + 60,
+            every=1,
+        )
+
+
+# -- the restart policy: SIGKILL of the web and of the counters worker, under load ----------
+
+
+@dataclass
+class Sent:
+    ok: list[str] = field(default_factory=list)  # delta ids answered 200
+    refused: int = 0  # nothing was sent (connection refused) or a 503 "counted": false
+    unknown: list[str] = field(default_factory=list)  # the answer was lost: may be counted
+    other: list[str] = field(default_factory=list)  # anything else: fails the test
+
+
+def _send_increments(web: str, key: str, bearer: dict, stop: threading.Event, sent: Sent):
+    while not stop.is_set():
+        try:
+            status, body = http(
+                "POST", f"{web}/api/counters/{key}/incr", headers=bearer, body=b"", timeout=15
+            )
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                sent.refused += 1
+                time.sleep(0.05)
+            else:
+                sent.unknown.append(repr(exc))
+            continue
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            # A reset or a closed connection mid-request: sent, answer lost.
+            sent.unknown.append(repr(exc))
+            continue
+        if status == 200:
+            sent.ok.append(json.loads(body)["delta_id"])
+        elif status == 503 and json.loads(body).get("counted") is False:
+            sent.refused += 1
+        else:
+            sent.other.append(f"{status} {body[:200]!r}")
+        time.sleep(0.01)
+
+
+def _crash(stack: Stack, service: str) -> int:
+    """SIGKILL to the container's main process, as the OOM killer or a crash would end it. Not
+    ``docker kill``: the engine counts that as an explicit stop, and no restart policy undoes it
+    (Docker Engine 20.10, checked). Returns the restart count before."""
+    state = stack.inspect(stack.services[service].container)
+    assert state["State"]["Running"], state["State"]
+    os.kill(state["State"]["Pid"], signal.SIGKILL)
+    return state["RestartCount"]
+
+
+def _restarted(stack: Stack, service: str, before: int) -> bool:
+    info = stack.inspect(stack.services[service].container)
+    return info["RestartCount"] > before and info["State"]["Running"]
+
+
+def test_a_killed_web_and_counters_worker_are_restarted_and_nothing_is_lost(
+    web, stack, secrets_, database_url
+):
+    import psycopg
+
+    assert {stack.compose.service(s).get("restart") for s in ("web", "counters-worker")} == {
+        "unless-stopped"
+    }
+    key = f"article_views:restart-{uuid.uuid4().hex[:8]}"
+    bearer = {"Authorization": f"Bearer {secrets_['service_token']}"}
+    sent, stop = Sent(), threading.Event()
+    sender = threading.Thread(target=_send_increments, args=(web, key, bearer, stop, sent))
+    sender.start()
+    try:
+        wait_for("increments before the kills", lambda: len(sent.ok) >= 20, timeout=30)
+        for service in ("web", "counters-worker"):
+            before = _crash(stack, service)
+            wait_for(f"{service} restarted", lambda s=service, b=before: _restarted(stack, s, b))
+            oks = len(sent.ok)
+            wait_for(
+                f"increments answered after {service} restarted",
+                lambda oks=oks: len(sent.ok) >= oks + 20,
+                timeout=60,
+            )
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+    print(
+        f"restart test: {len(sent.ok)} increments answered 200, {sent.refused} refused "
+        f"(not counted), {len(sent.unknown)} answers lost: {sent.unknown}"
+    )
+    assert not sent.other, sent.other
+    assert len(sent.unknown) <= 4, sent.unknown  # at most the one in flight at each kill, or so
+
+    # Drained: every delta answered 200 is in the ledger (applied exactly once: its primary
+    # key), and the durable counter is their sum; a lost answer may have been counted, once.
+    def ledger():
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(
+                "SELECT delta_id::text, amount FROM counters_applieddelta WHERE key = %s", [key]
+            ).fetchall()
+        ids = {row[0] for row in rows}
+        return set(sent.ok) <= ids and rows
+
+    rows = wait_for("every acknowledged increment applied", ledger, timeout=90)
+    extra = {row[0] for row in rows} - set(sent.ok)
+    assert len(extra) <= len(sent.unknown), (extra, sent.unknown)
+    assert all(amount == 1 for _, amount in rows)
+
+    def settled():
+        status, body = http("GET", f"{web}/api/counters/{key}", headers=bearer)
+        reading = json.loads(body)
+        return status == 200 and reading["pending"] == 0 and reading
+
+    reading = settled() or wait_for("nothing pending", settled, timeout=30)
+    assert reading["durable"] == len(sent.ok) + len(extra), (reading, len(sent.ok), extra)
+    if not sent.unknown:
+        assert reading["durable"] == len(sent.ok)
+
+    # And both are healthy again, by their compose health checks.
+    for service in ("web", "counters-worker"):
+        name = stack.services[service].container
+        wait_for(
+            f"{service} healthy after its restart",
+            lambda name=name: _health(stack, name) == "healthy",
+            timeout=90,
+            every=1,
+        )
