@@ -92,6 +92,26 @@ def test_one_client_guessing_several_accounts_is_locked(accounts, page):
     # ... while its owner, elsewhere, signs in: the address was locked, not the accounts.
     client, response = sign_in(page, fresh.username, f"pw-{fresh.username}", address="192.0.2.8")
     assert response.status_code == 302 and signed_in(client)
+    # A locked address adds nothing to the accounts it goes on naming: it cannot lock them all.
+    for _ in range(2 * LIMIT):
+        assert fail(page, accounts[0].username).status_code == 429
+    client, response = sign_in(page, accounts[0].username, "pw-user0", address="192.0.2.8")
+    assert response.status_code == 302 and signed_in(client)
+
+
+def test_signing_in_to_ones_own_account_does_not_erase_guesses_at_another(accounts):
+    """A success must not reset the failures counted from its address (axes' reset on success
+    would delete every row of the address): else an attacker with an account of their own signs
+    in to it between guesses at someone else's and never reaches the limit."""
+    page, victim, own = "/accounts/login/", accounts[0].username, accounts[7].username
+    for _ in range(LIMIT - 1):
+        fail(page, victim)
+    client, response = sign_in(page, own, f"pw-{own}")
+    assert response.status_code == 302 and signed_in(client)
+    for _ in range(LIMIT - 1):
+        fail(page, victim)
+    client, response = sign_in(page, victim, f"pw-{victim}", address="192.0.2.10")
+    assert_locked_out(client, response)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -154,13 +174,14 @@ def test_a_forged_forwarded_for_does_not_escape_the_address_lockout(accounts, pa
     )
     assert_locked_out(client, response)
     assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {ATTACKER}
-    # Through the trusted proxy, the header names the client: another client is not locked.
+    # Through the trusted proxy the header names the client, as for the rate limit: the same
+    # attacker is still locked there, and another client behind the same proxy is not.
+    password = f"pw-{fresh.username}"
+    proxy = "10.9.0.1"
+    client, response = sign_in(page, fresh.username, password, proxy, HTTP_X_FORWARDED_FOR=ATTACKER)
+    assert_locked_out(client, response)
     client, response = sign_in(
-        page,
-        fresh.username,
-        f"pw-{fresh.username}",
-        address="10.9.0.1",
-        HTTP_X_FORWARDED_FOR=f"{ATTACKER}, 198.51.100.99",
+        page, fresh.username, password, proxy, HTTP_X_FORWARDED_FOR=f"{ATTACKER}, 198.51.100.99"
     )
     assert response.status_code == 302 and signed_in(client)
 
