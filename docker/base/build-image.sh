@@ -9,7 +9,8 @@
 # (fcso-base:3.11-bookworm; set it to python:3.11-slim where a registry is reachable and
 # MAKE_BASE=0), DOCKERFILE (Dockerfile), CONTEXT (.), BUILD_NETWORK (host: the build's RUN steps
 # use this machine's network as its pip does; `default` for the engine's bridge), DOCKER (the
-# client), PIP (the pip whose settings are passed on: python3 -m pip).
+# client), PIP (the pip whose settings are passed on: python3 -m pip), BUILD_FLAGS (more
+# options for `docker build`, e.g. --no-cache to time a build from nothing but the base).
 set -eu
 cd "$(dirname "$0")/../.."
 
@@ -99,7 +100,8 @@ echo "pip settings for the build (secret pip_conf):"
 sed 's/^/  /' "$secrets/pip.conf"
 
 started=$(date +%s)
-$DOCKER build --network "$BUILD_NETWORK" "$@" \
+# shellcheck disable=SC2086
+$DOCKER build --network "$BUILD_NETWORK" "$@" ${BUILD_FLAGS:-} \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   -f "$DOCKERFILE" -t "$IMAGE" "$CONTEXT"
 took=$(($(date +%s) - started))
