@@ -123,8 +123,15 @@ def database_url(transactional_db) -> str:
 
 
 @pytest.fixture
-def cache_redis():
+def cache_redis(monkeypatch):
+    """The cache Redis: this test process's database (settings/test.py), emptied before and after.
+
+    The xdist processes share the server, one database each, so its ``flushall`` empties this
+    process's database only: a real FLUSHALL (tests/counters/test_repair.py, "the cache is lost")
+    also emptied the others mid-test, e.g. the counter hash tests/project/test_ops.py had just
+    bumped in another process (its hottest_pending came back [])."""
     client = get_redis_connection("default")
+    monkeypatch.setattr(client, "flushall", client.flushdb)
     client.flushdb()
     yield client
     client.flushdb()

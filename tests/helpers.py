@@ -253,19 +253,50 @@ def unacked_count(broker_url: str, queue_name: str) -> int:
     return int(rabbitmq_api(path).get("messages_unacknowledged") or 0)
 
 
+def worker_idle(worker: Worker, broker_url: str) -> bool:
+    """The worker's main process holds no request, reserved or running. Asked over remote
+    control, which that process answers from its event loop: a task is gone from its lists only
+    once it has read the task's result from the pool process and acknowledged or rejected the
+    message (celery/worker/request.py: task_ready, then the ack or reject, in one callback)."""
+    from celery.utils.nodenames import host_format
+
+    from project.celery import app
+
+    name = host_format(worker.hostname)
+    # The request goes out through the app's producer pool, the replies come on ``conn``.
+    with publishing_to(broker_url), Connection(broker_url) as conn:
+        inspect = app.control.inspect(destination=[name], timeout=5.0, limit=1, connection=conn)
+        for ask in (inspect.reserved, inspect.active):
+            answer = ask()
+            if not answer or answer.get(name) != []:
+                return False
+    return True
+
+
 def held_after_stop(worker: Worker, broker_url: str, queue_name: str) -> int:
     """Stop the worker once the broker holds nothing more of ``queue_name`` for it, and return
     what it still holds then; exact on both brokers, with no statistics lag. Redis: the queue and
     kombu's ``unacked`` hash, waited on before the stop. RabbitMQ cannot count unacknowledged
-    messages over AMQP, so the worker stops warm first (it finishes and acknowledges what it
-    runs); with its consumer gone every unacknowledged message is back among the ready ones,
-    which a passive declare counts live."""
+    messages over AMQP, so the worker stops warm (with its consumer gone every unacknowledged
+    message is back among the ready ones, which a passive declare counts live), once the queue
+    is empty and the worker idle: Celery 5.6's warm shutdown drops the result of a task that
+    finishes as it starts, and the message goes back to the queue although the task ran. Either
+    the main process had read only the 4-byte header of a result over 16 KiB (billiard writes
+    header and body separately; a dead letter's Reject carries a ~40 KB traceback) and its
+    shutdown drain then misreads the body, or it had not yet read the pool process's ACK of a
+    task just started, and the shutdown discards the task as never started (AsynPool.flush).
+    The pool process then waits 30 s for its result to be read, in vain."""
     if broker_url.startswith("redis"):
         wait_for(
             lambda: (
                 queue_depth(broker_url, queue_name) + unacked_count(broker_url, queue_name) == 0
             ),
             what=f"every message of {queue_name} acknowledged",
+        )
+    else:
+        wait_for(
+            lambda: queue_depth(broker_url, queue_name) == 0 and worker_idle(worker, broker_url),
+            what=f"the worker idle and {queue_name} empty",
         )
     worker.stop(warm=True)
     held = queue_depth(broker_url, queue_name)
