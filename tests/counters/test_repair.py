@@ -29,7 +29,7 @@ def new_key() -> str:
 def test_a_miss_reads_postgresql_and_refills_redis(cache_redis):
     key = new_key()
     apply_now((str(uuid.uuid4()), key, 5))
-    cache_redis.flushall()
+    cache_redis.flushdb()  # not FLUSHALL: other test processes use other databases
     reading = services.counter_get(key=key)
     assert (reading.value, reading.durable, reading.pending) == (5, 5, 0)
     assert cache_redis.hget(cache.hash_key(key), "durable") == b"5"
@@ -59,7 +59,7 @@ def test_the_stale_fill_race_cannot_put_an_old_value_back(cache_redis):
     it is refused and the reader reads again."""
     key = new_key()
     apply_now((str(uuid.uuid4()), key, 1))
-    cache_redis.flushall()
+    cache_redis.flushdb()  # not FLUSHALL: other test processes use other databases
     old = Counter.objects.get(key=key)  # the reader's read (hook point: before its fill)
     apply_now((str(uuid.uuid4()), key, 10))  # a batch commits and is applied meanwhile
     assert cache.fill(key=key, durable=old.value, version=old.version, now=time.time()) is None
@@ -163,7 +163,7 @@ def test_ephemeral_counters_live_in_redis_only(cache_redis):
     assert services.counter_incr(key="active_readers:x", amount=2).value == 2
     assert services.counter_get(key="active_readers:x").value == 2
     assert not Counter.objects.exists()
-    cache_redis.flushall()
+    cache_redis.flushdb()  # not FLUSHALL: other test processes use other databases
     assert services.counter_get(key="active_readers:x").value == 0  # lossy by design
 
 
@@ -209,7 +209,7 @@ def test_reconcile_republishes_a_stranded_delta_from_the_broker_record_without_t
         first_failed_at=timezone.now(),
         last_failed_at=timezone.now(),
     )
-    cache_redis.flushall()
+    cache_redis.flushdb()  # not FLUSHALL: other test processes use other databases
 
     call_command("counters", "reconcile", "--republish-after", "50")
     out = capsys.readouterr().out
