@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -9,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -403,3 +406,30 @@ def delta_dead_letter(*, key: str, reason: str, amount: int = 1, exception: str 
         }
     )
     return dead_letter_record(message=message, reason=reason, exception=exception, traceback="")
+
+
+def http_status(url: str, auth: str | None = None) -> int:
+    """The status of a GET, with HTTP basic auth ``user:password`` if given."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def staff_with(username: str, *codenames: str):
+    """A test client signed in as a staff user holding only these permissions."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    user = get_user_model().objects.create_user(username, f"{username}@example.invalid", "pw")
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client

@@ -6,14 +6,13 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.test import Client
 
 from counters import access, cache, services
 from counters.models import Article, Counter
 
-from ..helpers import queue_depth
+from ..helpers import queue_depth, staff_with
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,12 +109,9 @@ def test_reads_of_sales_figures_are_for_staff_with_the_permission(article, broke
     signed_in = Client()
     signed_in.force_login(customer)
     assert signed_in.get("/api/counters/orders_placed:all").status_code == 403
-    staff = get_user_model().objects.create_user("staff", password="pw-staff-1", is_staff=True)
-    signed_in.force_login(staff)
-    assert signed_in.get("/api/counters/orders_placed:all").status_code == 403  # no permission
-    staff.user_permissions.add(Permission.objects.get(codename="view_counter"))
-    signed_in.force_login(get_user_model().objects.get(pk=staff.pk))
-    assert signed_in.get("/api/counters/orders_placed:all").json()["value"] == 7
+    assert staff_with("staff").get("/api/counters/orders_placed:all").status_code == 403
+    viewer = staff_with("viewer", "view_counter")
+    assert viewer.get("/api/counters/orders_placed:all").json()["value"] == 7
 
 
 def test_public_reads_name_existing_objects_only(article, broker, cache_redis):

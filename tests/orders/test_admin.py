@@ -8,13 +8,14 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 
 from counters.models import AppliedDelta, Counter
 from orders import selectors, services
 from orders.models import IdempotencyRecord, Order, Payment, Product, StockChange
+
+from ..helpers import staff_with
 
 
 @pytest.fixture
@@ -141,16 +142,6 @@ def test_cancel_and_refund_in_the_admin_goes_through_the_service_once(
     assert Order.objects.get(pk=order_id).status == Order.Status.CANCELLED
     assert (account.balance, product.stock) == (10_000, 20)
     assert Payment.objects.filter(order_id=order_id, kind=Payment.Kind.REFUND).count() == 1
-
-
-def staff_with(username: str, *codenames: str) -> Client:
-    user = get_user_model().objects.create_user(username, f"{username}@example.invalid", "pw")
-    user.is_staff = True
-    user.save(update_fields=["is_staff"])
-    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_staff_who_may_only_view_orders_cannot_cancel_and_refund(account, product, cache_redis):

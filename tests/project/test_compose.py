@@ -2,15 +2,12 @@
 services run in tests/containers), so check that it describes the same system as the launcher:
 the same processes, the same commands, health checks, real servers; and that Compose reads it."""
 
-import base64
 import ipaddress
 import os
 import re
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import yaml
 from project.devservers import free_port
 from project.processes import PROCESS_NAMES, process_commands
 
-from ..helpers import _process, wait_for
+from ..helpers import _process, http_status, wait_for
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 COMPOSE = BASE_DIR / "docker-compose.yml"
@@ -348,8 +345,8 @@ def test_flower_beat_and_the_relay_run_on_their_compose_environment_alone(
     with _process(
         argv, name="flower", ready="Visit me at", hostname="", log_dir=tmp_path, env=flower_env
     ):
-        wait_for(lambda: _status(f"http://127.0.0.1:{port}/") == 401, what="Flower's login")
-        assert _status(f"http://127.0.0.1:{port}/", auth="fl:compose-pw") == 200
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/") == 401, what="Flower's login")
+        assert http_status(f"http://127.0.0.1:{port}/", auth="fl:compose-pw") == 200
 
     argv = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO"]
     argv += ["--schedule", str(tmp_path / "celerybeat-schedule")]
@@ -376,17 +373,6 @@ def test_flower_beat_and_the_relay_run_on_their_compose_environment_alone(
             lambda: not OutboxMessage.objects.filter(sent_at__isnull=True).exists(),
             what="the row published by the relay",
         )
-
-
-def _status(url: str, auth: str | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_docker_compose_accepts_the_file_with_the_example_environment(tmp_path):

@@ -1,6 +1,5 @@
 """`make run` end to end: the real launcher, real servers, real processes, and Ctrl-C."""
 
-import base64
 import os
 import re
 import signal
@@ -15,22 +14,11 @@ import pytest
 
 from project.devservers import free_port
 
-from ..helpers import wait_for
+from ..helpers import http_status, wait_for
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 URL_VARIABLES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
 pytestmark = pytest.mark.slow
-
-
-def http_status(url: str, auth: str | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 class Launched:

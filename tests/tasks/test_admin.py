@@ -3,25 +3,12 @@ discard had no ``permissions=``, so anyone who could list dead letters could pub
 or give them up."""
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
-from django.test import Client
 
 from tasks.models import DeadLetter
 
-from ..helpers import delta_dead_letter, publishing_to, read_queue
+from ..helpers import delta_dead_letter, publishing_to, read_queue, staff_with
 
 URL = "/admin/tasks/deadletter/"
-
-
-def staff_with(username: str, *codenames: str) -> Client:
-    user = get_user_model().objects.create_user(username, f"{username}@example.invalid", "pw")
-    user.is_staff = True
-    user.save(update_fields=["is_staff"])
-    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.mark.django_db(transaction=True)
