@@ -152,3 +152,30 @@ def test_service_token_command_prints_a_token_and_its_digest(capsys):
     token = out.split("token:")[1].split()[0]
     digest = out.split("digest:")[1].split()[0]
     assert hashlib.sha256(token.encode()).hexdigest() == digest
+
+
+def test_with_postgresql_unreachable_a_known_article_is_counted_and_an_unknown_one_refused(
+    article, broker
+):
+    """The object check must not take the beacon down with the database: an article seen before
+    is still counted; one never seen is refused with 503 (not counted), not let through."""
+    from django.db import connection
+
+    from project.devservers import free_port
+
+    assert incr("article_views:hello").status_code == 200  # seen: remembered by this process
+    # Due for its recheck: the database is asked, does not answer, and what was seen stands.
+    access._seen[("article_views", "hello")] -= access.OBJECT_RECHECK_S + 1
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = str(free_port())  # nothing listens there
+    try:
+        known = incr("article_views:hello")
+        unknown = incr("article_views:never-seen")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert known.status_code == 200 and known.json()["delta_id"]
+    assert unknown.status_code == 503
+    assert "database is unavailable" in unknown.json()["error"]
+    assert queue_depth(broker, "counters") == 2  # the two counted; nothing of the refused one
