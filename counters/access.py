@@ -44,12 +44,13 @@ _seen: dict[tuple[str, str], float] = {}
 
 def service_caller(request) -> bool:
     """Whether the request carries a valid service token; Refused (401) for a wrong one."""
-    header = request.headers.get("Authorization")
-    if header is None:
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Bearer":
+        # Not a token (none, or a proxy's Basic auth a browser sends with every request): the
+        # request is anonymous, so a site behind basic auth keeps its public beacon and reads.
         return False
-    scheme, _, secret = header.partition(" ")
-    if scheme != "Bearer" or not secret.strip():
-        raise Refused(401, "send Authorization: Bearer <service token>, or no Authorization")
+    if not secret.strip():
+        raise Refused(401, "the Bearer token is empty")
     digest = hashlib.sha256(secret.strip().encode()).hexdigest()
     # Every known digest is compared, in constant time each: no timing tells a near miss.
     matches = [hmac.compare_digest(digest, known) for known in settings.COUNTER_SERVICE_TOKENS]
