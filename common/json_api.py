@@ -17,8 +17,10 @@ def json_object_body(request, *, error: type[Exception]) -> dict:
         return {}
     try:
         payload = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"body is not valid JSON: {exc}") from exc
+    # ValueError: also a number past Python's 4,300 digits; RecursionError: "[[[[..." nested deeper
+    # than the parser goes. Both are the caller's bad input, not a 500.
+    except (ValueError, RecursionError) as exc:
+        raise error(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(payload, dict):
         raise error("body must be a JSON object")
     return payload

@@ -76,8 +76,13 @@ def article_detail(request, slug: str):
         raise Http404("no such article")
     visitor, new_visitor = _visitor_id(request)
     counted = True
+    # The page counts a view as the beacon does, under the same per-client limit: a client that
+    # drops its cookie is a new reader with every request. Past the limit the page still renders.
+    wait = ratelimit.beacon_wait(namespace="article_views", client=ratelimit.client_of(request))
     try:
-        if _first_view(visitor, article.slug):
+        if wait > 0:
+            counted = False
+        elif _first_view(visitor, article.slug):
             services.counter_incr(key=article.views_key)
     except services.CounterUnavailable:
         counted = False  # the page still renders; this view just was not counted

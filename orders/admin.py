@@ -59,6 +59,12 @@ class AccountAdmin(admin.ModelAdmin):
     form = AccountForm
     list_display = ["id", "name", "owner", "balance", "version"]
     readonly_fields = ["balance", "version"]  # balances change only through services
+
+    def get_readonly_fields(self, request, obj=None):
+        # An existing account's owner is not edited: the owner may spend the balance, so moving
+        # it would let anyone with change_account take over a customer's money.
+        return [*self.readonly_fields, "owner"] if obj else self.readonly_fields
+
     inlines = [PaymentInline]
 
     def _may_deposit(self, request) -> bool:

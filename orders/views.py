@@ -179,7 +179,7 @@ def shop_order(request):
     lines = [
         {"sku": sku, "qty": int(qty)}
         for sku, qty in zip(request.POST.getlist("sku"), request.POST.getlist("qty"), strict=False)
-        if qty.isdigit() and int(qty) > 0
+        if qty.isascii() and qty.isdigit() and len(qty) <= 6 and int(qty) > 0
     ]
     try:
         outcome = services.order_place(

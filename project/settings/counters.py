@@ -1,5 +1,8 @@
 """Durable hot counters (counters/)."""
 
+import ipaddress
+import re
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .celery import CELERY_BEAT_SCHEDULE, REDIS_BROKER_VISIBILITY_TIMEOUT
@@ -33,6 +36,11 @@ COUNTER_BEACON_NAMESPACES = frozenset({"article_views"})
 COUNTER_SERVICE_TOKENS = frozenset(
     digest.strip().lower() for digest in env.list("COUNTER_SERVICE_TOKENS", default=[])
 )
+if any(not re.fullmatch(r"[0-9a-f]{64}", digest) for digest in COUNTER_SERVICE_TOKENS):
+    raise ImproperlyConfigured(
+        "COUNTER_SERVICE_TOKENS holds sha256 hex digests of the tokens, not the tokens "
+        "(manage.py counters service-token prints both)"
+    )
 # Largest |amount| of one increment: a bound that keeps a typo (or an attack) from moving a counter
 # by billions, far above any real "likes +1" or "units sold +n".
 COUNTER_MAX_AMOUNT = env.int("COUNTER_MAX_AMOUNT", default=1_000_000)
@@ -68,6 +76,15 @@ COUNTER_RATE_LIMITS = {
 # header. Unset: the connection's address.
 COUNTER_CLIENT_IP_HEADER = env("COUNTER_CLIENT_IP_HEADER", default="")
 COUNTER_TRUSTED_PROXIES = env.list("COUNTER_TRUSTED_PROXIES", default=[])
+# Checked here, not only by a system check: gunicorn runs none, and a typo would make every
+# beacon, like and sign-in fail instead of the process refusing to start.
+for _cidr in COUNTER_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_cidr.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"COUNTER_TRUSTED_PROXIES: {_cidr!r} is not an address or a network"
+        ) from None
 # The like view (/articles/<slug>/like): a client that drops its cookies likes again, and each
 # like makes a session row, so it is limited per client address, in every environment.
 COUNTER_LIKE_RATE_LIMIT = rate_limit_parse(

@@ -189,3 +189,19 @@ def test_a_basic_auth_header_is_anonymous_not_refused(article, broker, cache_red
     assert Client().get("/api/counters/article_views:hello", **basic).json()["value"] == 1
     refused = incr("orders_placed:all", {"amount": 5}, **basic)
     assert refused.status_code == 403  # and no more than anonymous
+
+
+@pytest.mark.parametrize("body", ['{"amount": ' + "1" * 5000 + "}", "[" * 100_000])
+def test_a_body_the_json_parser_gives_up_on_is_a_400(article, broker, cache_redis, body):
+    response = Client().post("/api/counters/article_views:hello/incr", body, "application/json")
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    assert_nothing_counted(broker, cache_redis)
+
+
+def test_article_page_views_share_the_beacons_limit(article, settings):
+    """A client without a cookie is a new reader with every page view: past the per-client limit
+    the page still renders and counts nothing."""
+    settings.COUNTER_RATE_LIMIT = (2, 60.0)
+    pages = [Client(REMOTE_ADDR="203.0.113.8").get("/articles/hello/") for _ in range(4)]
+    assert [p.status_code for p in pages] == [200] * 4
+    assert services.counter_get(key=article.views_key).value == 2

@@ -94,3 +94,28 @@ def test_an_article_counts_one_view_per_session_in_its_window(broker_url, cache_
         assert services.counter_get(key=article.views_key).value == 1  # reloads are not readers
         Client().get("/articles/once/")
         assert services.counter_get(key=article.views_key).value == 2
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("COUNTER_TRUSTED_PROXIES", "10.0.0.0/8,not-a-network", "not an address or a network"),
+        ("COUNTER_SERVICE_TOKENS", "the-token-itself", "sha256 hex digests"),
+    ],
+)
+def test_a_malformed_proxy_or_token_setting_refuses_to_start(variable, value, message):
+    """Checked where the settings are read (gunicorn runs no system checks): a typo stops the
+    process instead of failing every beacon, like and sign-in."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.test", variable: value}
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-500:]

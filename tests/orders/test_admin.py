@@ -300,3 +300,19 @@ def test_a_sku_renamed_between_the_check_and_the_lock_refuses_the_order(account,
     assert result["outcome"].status == 409
     assert "no longer available: mug" in result["outcome"].body["error"]
     assert not Order.objects.exists()
+
+
+def test_staff_cannot_move_an_account_to_themselves_and_spend_it(account, alice, cache_redis):
+    """The owner may spend the balance: change_account must not be a way to become the owner."""
+    clerk = staff_with("clerk", "view_account", "change_account")
+    url = f"/admin/orders/account/{account.pk}/change/"
+    clerk_user = get_user_model().objects.get(username="clerk")
+    form = {
+        "owner": clerk_user.pk,
+        "name": "taken",
+        "payments-TOTAL_FORMS": 0,
+        "payments-INITIAL_FORMS": 0,
+    }
+    assert clerk.post(url, form).status_code == 302
+    account.refresh_from_db()
+    assert (account.owner_id, account.name) == (alice.pk, "taken")  # renamed, not moved
