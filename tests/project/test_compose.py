@@ -192,15 +192,18 @@ def test_the_servers_and_processes_are_on_an_internal_network_and_the_proxy_on_i
     }
 
 
-def test_gunicorn_and_the_rate_limit_believe_forwarded_headers_from_the_proxy_subnet_only():
+def test_gunicorn_and_the_rate_limit_believe_forwarded_headers_from_the_proxy_only():
     compose = yaml.safe_load(COMPOSE.read_text())
     subnet = compose["networks"]["frontend"]["ipam"]["config"][0]["subnet"]
     assert subnet == "${PROXY_SUBNET:-172.30.0.0/24}"
     env = compose["services"]["web"]["environment"]
-    # gunicorn's forwarded_allow_ips (its FORWARDED_ALLOW_IPS variable): the proxy's subnet and
-    # the container's own loopback (its health check), never "*".
-    assert env["FORWARDED_ALLOW_IPS"] == f"127.0.0.1,::1,{subnet}"
-    assert env["COUNTER_TRUSTED_PROXIES"] == subnet
+    # gunicorn's forwarded_allow_ips (its FORWARDED_ALLOW_IPS variable): the proxy's address and
+    # the container's own loopback (its health check), never "*", nor the subnet (its gateway,
+    # where Docker's userland proxy connects from, is in it).
+    proxy = compose["services"]["proxy"]["networks"]["frontend"]["ipv4_address"]
+    assert proxy == "${PROXY_ADDRESS:-172.30.0.10}"
+    assert env["FORWARDED_ALLOW_IPS"] == f"127.0.0.1,::1,{proxy}"
+    assert env["COUNTER_TRUSTED_PROXIES"] == proxy
     assert env["COUNTER_CLIENT_IP_HEADER"] == "X-Real-IP"
     # The proxy sets X-Real-IP itself, replacing whatever the client sent.
     caddyfile = (BASE_DIR / "docker" / "Caddyfile").read_text()
