@@ -45,7 +45,7 @@ _seen: dict[tuple[str, str], float] = {}
 def service_caller(request) -> bool:
     """Whether the request carries a valid service token; Refused (401) for a wrong one."""
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-    if scheme != "Bearer":
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 7235)
         # Not a token (none, or a proxy's Basic auth a browser sends with every request): the
         # request is anonymous, so a site behind basic auth keeps its public beacon and reads.
         return False

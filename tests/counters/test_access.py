@@ -86,9 +86,11 @@ def test_a_hot_key_costs_no_database_query_after_its_first(article, broker, cach
 def test_a_service_token_counts_any_namespace_and_amount(article, broker, service):
     response = incr("orders_placed:all", {"amount": 3}, **service)
     assert response.status_code == 200 and response.json()["value"] == 3
+    lowercase = {"HTTP_AUTHORIZATION": service["HTTP_AUTHORIZATION"].replace("Bearer", "bearer")}
+    assert incr("orders_placed:all", {"amount": 2}, **lowercase).json()["value"] == 5
     assert incr("article_likes:anything", {"amount": -5}, **service).json()["value"] == -5
     read = Client().get("/api/counters/orders_placed:all", **service)
-    assert read.json()["value"] == 3
+    assert read.json()["value"] == 5
 
 
 @pytest.mark.parametrize("header", ["Bearer wrong-token", "Bearer "])
