@@ -69,11 +69,17 @@ class ProbeResults:
         self._failures: dict[str, str] = {}
 
     def failures(self) -> dict[str, str]:
-        with self._lock:
+        # While one thread probes (seconds, when a server hangs), the others answer with the last
+        # round instead of queueing: a few requests must not hold every gunicorn thread.
+        if not self._lock.acquire(blocking=self._taken_at == -float("inf")):
+            return dict(self._failures)
+        try:
             if time.monotonic() - self._taken_at >= self.window_s:
                 self._failures = {name: error for name, probe in PROBES if (error := _check(probe))}
                 self._taken_at = time.monotonic()
             return dict(self._failures)
+        finally:
+            self._lock.release()
 
     def forget(self) -> None:
         """The next request probes again (the tests, between server states)."""

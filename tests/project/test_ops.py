@@ -1,5 +1,6 @@
 """Health, the operations page and its JSON, and the metrics endpoint."""
 
+import threading
 import time
 
 import pytest
@@ -103,6 +104,25 @@ def test_the_probes_answer_is_kept_for_its_window_only(cache_redis, fresh_health
     time.sleep(0.6)
     short.failures()
     assert short._taken_at > taken  # probed again after the window
+
+
+def test_while_one_thread_probes_the_others_answer_with_the_last_round(
+    cache_redis, fresh_health, settings
+):
+    """A hung server makes a round of probes take seconds: other requests meanwhile must not
+    queue behind it (a few would hold every gunicorn thread)."""
+    results = views.ProbeResults(window_s=0.0)  # every call is due for a new round
+    assert results.failures() == {}
+    answers = []
+    results._lock.acquire()  # a round in progress in another thread
+    try:
+        asking = threading.Thread(target=lambda: answers.append(results.failures()))
+        asking.start()
+        asking.join(timeout=10)  # a deadline, not a speed: without the fix it waits for ever
+        assert answers == [{}]  # the last round, without waiting for the one in progress
+    finally:
+        results._lock.release()
+        asking.join()
 
 
 def test_ops_page_and_status_need_staff(staff, transactional_db):
