@@ -35,6 +35,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import quote
 
@@ -722,8 +723,9 @@ def _send_increments(web: str, key: str, bearer: dict, stop: threading.Event, se
             else:
                 sent.unknown.append(sent.at(repr(exc)))
             continue
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            # A reset or a closed connection mid-request: sent, answer lost.
+        except (ConnectionError, TimeoutError, OSError, HTTPException) as exc:
+            # A reset or a closed connection mid-request, or mid-answer (IncompleteRead: the web
+            # was killed between the status line and the body): sent, answer lost.
             sent.unknown.append(sent.at(repr(exc)))
             continue
         if status == 200:
