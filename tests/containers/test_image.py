@@ -500,17 +500,17 @@ def _manage(stack: Stack, *args: str) -> str:
     return out.stdout
 
 
+def shell_in(image: str, script: str):
+    """``sh -c script`` in a throwaway container of the image, with no network."""
+    return docker("run", "--rm", "--network=none", "--entrypoint=sh", image, "-c", script)
+
+
 # -- the tests ------------------------------------------------------------------------------
 
 
 def test_the_image_carries_none_of_the_build_machines_pip_settings(image):
-    out = docker(
-        "run",
-        "--rm",
-        "--network=none",
-        "--entrypoint=sh",
+    out = shell_in(
         image,
-        "-c",
         'ls -A /run/secrets; test ! -e /etc/pip.conf && test ! -e "$HOME/.config/pip" && id -un',
     )
     assert out.stdout.split() == ["app"], out.stdout + out.stderr
@@ -646,13 +646,8 @@ def test_flower_asks_for_its_basic_auth(stack, secrets_):
 
 def test_the_app_user_cannot_change_the_code(image, stack):
     # Without compose's read-only root: the files' owners and modes alone keep the code.
-    out = docker(
-        "run",
-        "--rm",
-        "--network=none",
-        "--entrypoint=sh",
+    out = shell_in(
         image,
-        "-c",
         "id -un; for path in /app /app/manage.py /app/project /app/staticfiles; do "
         "test -w $path && echo writable: $path; done; true",
     )
